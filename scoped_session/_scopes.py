@@ -1,0 +1,292 @@
+"""Where sessions live: cells, and the scopes that find the caller's cell.
+
+A :class:`Cell` holds at most one session. A scope answers "which cell belongs
+to the caller right now?" and keeps the cells it handed out, so that
+``remove_all()`` can reach every one of them.
+
+Every scope exposes a ``slot`` object whose ``cell`` attribute is the caller's
+cell, and a cell's ``session`` attribute is unset while it is empty. The proxy's
+hot path is therefore ``self._slot.cell.session``: plain attribute reads, done
+in C for the thread and context scopes, and an ``AttributeError`` whenever the
+caller has no session yet.
+
+The identity of a scope's entry is the cell object, never a key that can be
+reused: not ``id()`` of anything, not a thread ident. A cell that is dropped
+while it still holds a session (its thread ended, its task was collected) closes
+that session from ``__del__``; a cell inherited through ``os.fork()`` never
+does, because closing would talk on the parent's sockets.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import threading
+import typing as t
+import weakref
+
+__all__ = ["Cell", "ContextScope", "KeyedScope", "Scope", "Stats", "ThreadScope"]
+
+logger = logging.getLogger("scoped_session")
+
+#: Sessions inherited through ``os.fork()`` whose cells died in the child. They
+#: are kept alive on purpose: finalizing them (SQLAlchemy returns a collected
+#: connection to its pool with a rollback) would talk on the parent's sockets.
+_inherited: list[object] = []
+
+#: This process's id, refreshed in a fork child before anything else can run.
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
+
+
+class Stats:
+    """Counters shared by a ScopedSession and its cells.
+
+    Kept separate from the ScopedSession so that a cell can count its own reaping
+    without holding a reference to the registry (that would make a reference
+    cycle through the thread-local storage).
+    """
+
+    __slots__ = ("created", "reaped", "removed")
+
+    def __init__(self) -> None:
+        self.created = 0
+        self.removed = 0
+        self.reaped = 0
+
+
+class Cell:
+    """A slot that holds at most one session.
+
+    ``session`` is unset (reading it raises ``AttributeError``) while the cell is
+    empty. ``depth`` counts the units of work open on the cell (0: a session made
+    outside any unit). An ended unit's cell keeps ``prev``, the cell it shadowed,
+    so that the owner can get it back even when the unit was ended from another
+    thread.
+    """
+
+    __slots__ = ("__weakref__", "depth", "ended", "pid", "prev", "session", "stats")
+
+    session: t.Any
+    depth: int
+    ended: bool
+    prev: Cell | None
+
+    def __init__(self, stats: Stats, prev: Cell | None = None, depth: int = 0) -> None:
+        self.stats = stats
+        self.prev = prev
+        self.depth = depth
+        self.ended = False
+        self.pid = _pid
+
+    def take(self) -> t.Any:
+        """Empty the cell and return what it held (``None`` when empty).
+
+        Safe to race: of two threads taking at once, exactly one gets the
+        session, because ``del`` of an unset slot raises.
+        """
+        try:
+            session = self.session
+            del self.session
+        except AttributeError:
+            return None
+        return session
+
+    def __del__(self) -> None:
+        try:
+            session = self.take()
+            if session is None:
+                return
+            # The real pid, not the cache: in a fork child the dead threads'
+            # storage is released before any after-fork hook has run.
+            if self.pid != os.getpid():
+                _inherited.append(session)
+                return
+            self.stats.reaped += 1
+            logger.warning(
+                "A session was closed by its cell's finalizer (its thread or context"
+                " ended without remove()); call remove() or use Session.scope()."
+            )
+            session.close()
+        except Exception:
+            # A finalizer must not raise; the failure is logged, never lost.
+            logger.exception("Closing a session left behind by its scope failed.")
+
+
+class Scope(t.Protocol):
+    """What the proxy needs from a scope."""
+
+    kind: str
+
+    @property
+    def slot(self) -> t.Any:
+        """An object whose ``cell`` attribute is the caller's cell."""
+
+    def get(self) -> Cell | None:
+        """The caller's cell, or ``None``."""
+
+    def install(self, cell: Cell | None) -> None:
+        """Make ``cell`` the caller's cell (``None``: the caller has none)."""
+
+    def release(self, cell: Cell) -> None:
+        """The caller's ``cell`` was emptied by ``remove()``: drop or keep it."""
+
+    def cells(self) -> list[Cell]:
+        """A snapshot of every live cell of this scope."""
+
+    def reset(self) -> None:
+        """Forget every cell without touching it (after ``os.fork()``)."""
+
+
+class _TrackedCells:
+    """Weak references to every cell a scope made, for ``remove_all()``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cells: weakref.WeakSet[Cell] = weakref.WeakSet()
+
+    def add(self, cell: Cell) -> None:
+        with self._lock:
+            self._cells.add(cell)
+
+    def snapshot(self) -> list[Cell]:
+        with self._lock:
+            return list(self._cells)
+
+
+class ThreadScope:
+    """One cell per OS thread, in a ``threading.local``.
+
+    The per-thread storage is released when its thread ends, before ``join()``
+    returns, which drops the cell and closes a session nobody removed.
+    """
+
+    kind = "thread"
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.slot = threading.local()
+        self._tracked = _TrackedCells()
+
+    def get(self) -> Cell | None:
+        return getattr(self.slot, "cell", None)  # type: ignore[no-any-return]
+
+    def install(self, cell: Cell | None) -> None:
+        if cell is None:
+            self.slot.__dict__.pop("cell", None)
+        else:
+            self._tracked.add(cell)
+            self.slot.cell = cell
+
+    def release(self, cell: Cell) -> None:
+        # An empty cell stays for reuse: get/remove cycles allocate nothing. It
+        # holds no session and goes away with its thread.
+        pass
+
+    def cells(self) -> list[Cell]:
+        return self._tracked.snapshot()
+
+
+class ContextScope:
+    """One cell per ``contextvars`` context: a thread, an asyncio task, a greenlet."""
+
+    kind = "context"
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._var: contextvars.ContextVar[Cell | None] = contextvars.ContextVar(
+            "scoped_session_cell"
+        )
+        # ``property(var.get)`` calls ``var.get(slot)``: the cell when one is set,
+        # else the slot itself, which has no ``session`` attribute. Either way the
+        # lookup stays in C, like the thread scope's.
+        slot_type = type("ContextSlot", (), {"__slots__": (), "cell": property(self._var.get)})
+        self.slot = slot_type()
+        self._tracked = _TrackedCells()
+
+    def get(self) -> Cell | None:
+        return self._var.get(None)
+
+    def install(self, cell: Cell | None) -> None:
+        if cell is not None:
+            self._tracked.add(cell)
+        self._var.set(cell)
+
+    def release(self, cell: Cell) -> None:
+        pass  # kept for reuse, as in ThreadScope; it dies with its context
+
+    def cells(self) -> list[Cell]:
+        return self._tracked.snapshot()
+
+
+def _unhashable(key: object, scopefunc: object) -> TypeError:
+    return TypeError(
+        f"The scopefunc {scopefunc!r} returned an unhashable key of type"
+        f" {type(key).__name__}. Return a hashable value that identifies the"
+        " scope, such as a request object or an int."
+    )
+
+
+class KeyedScope:
+    """One cell per key returned by a user's ``scopefunc`` (SQLAlchemy-compatible)."""
+
+    kind = "scopefunc"
+
+    def __init__(self, scopefunc: t.Callable[[], object]) -> None:
+        self.scopefunc = scopefunc
+        self.reset()
+
+    def reset(self) -> None:
+        self._cells: dict[object, Cell] = {}
+
+    @property
+    def slot(self) -> KeyedScope:
+        return self
+
+    @property
+    def cell(self) -> Cell:
+        key = self.scopefunc()
+        try:
+            return self._cells[key]
+        except KeyError:
+            raise AttributeError("cell") from None
+        except TypeError:
+            raise _unhashable(key, self.scopefunc) from None
+
+    def get(self) -> Cell | None:
+        key = self.scopefunc()
+        try:
+            return self._cells.get(key)
+        except TypeError:
+            raise _unhashable(key, self.scopefunc) from None
+
+    def install(self, cell: Cell | None) -> None:
+        key = self.scopefunc()
+        try:
+            if cell is None:
+                self._cells.pop(key, None)
+            else:
+                self._cells[key] = cell
+        except TypeError:
+            raise _unhashable(key, self.scopefunc) from None
+
+    def release(self, cell: Cell) -> None:
+        # Keys can be unbounded (one per request): never keep an entry for one.
+        key = self.scopefunc()
+        if self._cells.get(key) is cell:
+            del self._cells[key]
+
+    def cells(self) -> list[Cell]:
+        return list(self._cells.values())

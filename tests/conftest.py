@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import typing as t
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from helpers import Base, Database, drop_schema, make_postgres_engine, postgres_url
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> t.Iterator[sa.Engine]:
+    """A real SQLite file database with the test tables."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'test.db'}")
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_url() -> str:
+    url = postgres_url()
+    if url is None:
+        pytest.skip("SCOPED_SESSION_TEST_POSTGRES_URL is not set")
+    return url
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> t.Iterator[sa.Engine]:
+    """A real PostgreSQL engine in a schema of its own, with the test tables."""
+    engine, _, schema = make_postgres_engine(pg_url)
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+    drop_schema(pg_url, schema)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> t.Iterator[Database]:
+    """Each real database in turn: a SQLite file, then PostgreSQL (if configured)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+        engine = sa.create_engine(url)
+        Base.metadata.create_all(engine)
+        yield Database(engine, "sqlite", url, "")
+        engine.dispose()
+        return
+    pg = postgres_url()
+    if pg is None:
+        pytest.skip("SCOPED_SESSION_TEST_POSTGRES_URL is not set")
+    engine, app_name, schema = make_postgres_engine(pg)
+    Base.metadata.create_all(engine)
+    yield Database(engine, "postgres", pg, app_name)
+    engine.dispose()
+    drop_schema(pg, schema)

@@ -1,0 +1,105 @@
+"""Shared test helpers: a model, real engines, and server-side connection counts."""
+
+from __future__ import annotations
+
+import os
+import typing as t
+import uuid
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+POSTGRES_ENV = "SCOPED_SESSION_TEST_POSTGRES_URL"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Note(Base):
+    __tablename__ = "notes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    text: Mapped[str] = mapped_column(sa.String(200), unique=True)
+
+
+class TrivialSession:
+    """A session that does nothing, for pure-logic tests and benchmarks."""
+
+    _is_asyncio = False  # SQLAlchemy's scoped_session reads this
+
+    def __init__(self, **kw: t.Any) -> None:
+        self.kw = kw
+        self.closed = 0
+        self.committed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def commit(self) -> None:
+        self.committed += 1
+
+    def rollback(self) -> None:
+        pass
+
+
+def postgres_url() -> str | None:
+    return os.environ.get(POSTGRES_ENV) or None
+
+
+def libpq_url(url: str) -> str:
+    """A SQLAlchemy URL as psycopg takes it."""
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def make_postgres_engine(url: str, **kw: t.Any) -> tuple[sa.Engine, str, str]:
+    """An engine in a schema of its own, with an application_name to count its
+    backends by. Returns the engine, the application name and the schema."""
+    tag = uuid.uuid4().hex[:12]
+    app_name, schema = f"ss-test-{tag}", f"ss_{tag}"
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")  # type: ignore[arg-type]
+    engine = sa.create_engine(
+        sa.make_url(url).set(drivername="postgresql+psycopg"),
+        connect_args={"application_name": app_name, "options": f"-csearch_path={schema}"},
+        **kw,
+    )
+    return engine, app_name, schema
+
+
+def drop_schema(url: str, schema: str) -> None:
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")  # type: ignore[arg-type]
+
+
+def backends(url: str, app_name: str) -> list[tuple[int, str]]:
+    """(pid, state) of every server backend that carries ``app_name``."""
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid, coalesce(state, '') FROM pg_stat_activity WHERE application_name = %s",
+            (app_name,),
+        ).fetchall()
+    return [(int(pid), str(state)) for pid, state in rows]
+
+
+class Database(t.NamedTuple):
+    """A real database for one test: an engine and ways to count its connections."""
+
+    engine: sa.Engine
+    kind: str  # "sqlite" or "postgres"
+    url: str
+    app_name: str  # postgres only: the application_name of the engine's backends
+
+    def backends(self) -> list[tuple[int, str]]:
+        """Server-side connections of this engine (postgres); [] for SQLite."""
+        if self.kind != "postgres":
+            return []
+        return backends(self.url, self.app_name)
+
+    def idle_in_transaction(self) -> int:
+        return sum(1 for _, state in self.backends() if state.startswith("idle in transaction"))
+
+    def count_notes(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT count(*) FROM notes")).scalar_one())
