@@ -124,8 +124,7 @@ class ScopedSession(t.Generic[S]):
             )
         if scopefunc is not None and scope is not None:
             raise TypeError(
-                "Pass either scopefunc (a custom key) or scope='thread'/'context',"
-                " not both."
+                "Pass either scopefunc (a custom key) or scope='thread'/'context', not both."
             )
         if scopefunc is not None and not callable(scopefunc):
             raise TypeError(
@@ -309,7 +308,9 @@ class ScopedSession(t.Generic[S]):
 
     # -- the proxy ------------------------------------------------------------
     # The methods that take no arguments are written out: one attribute chain
-    # and one call. The rest are forwarded as the session's own bound methods.
+    # (C for the thread and context scopes) and one call. Everything else is
+    # forwarded as the session's own bound method, so arguments reach it
+    # exactly as given.
 
     def close(self) -> None:
         """Close the caller's session; it stays registered and can be reused."""
@@ -320,6 +321,7 @@ class ScopedSession(t.Generic[S]):
         return session.close()  # type: ignore[no-any-return]
 
     def commit(self) -> None:
+        """Commit the caller's session's transaction."""
         try:
             session = self._slot.cell.session
         except AttributeError:
@@ -327,6 +329,7 @@ class ScopedSession(t.Generic[S]):
         return session.commit()  # type: ignore[no-any-return]
 
     def rollback(self) -> None:
+        """Roll back the caller's session's transaction."""
         try:
             session = self._slot.cell.session
         except AttributeError:
@@ -334,6 +337,7 @@ class ScopedSession(t.Generic[S]):
         return session.rollback()  # type: ignore[no-any-return]
 
     def reset(self) -> None:
+        """Reset the caller's session, ending its transaction."""
         try:
             session = self._slot.cell.session
         except AttributeError:
@@ -341,6 +345,7 @@ class ScopedSession(t.Generic[S]):
         return session.reset()  # type: ignore[no-any-return]
 
     def expunge_all(self) -> None:
+        """Remove every object from the caller's session."""
         try:
             session = self._slot.cell.session
         except AttributeError:
@@ -348,6 +353,7 @@ class ScopedSession(t.Generic[S]):
         return session.expunge_all()  # type: ignore[no-any-return]
 
     def expire_all(self) -> None:
+        """Expire every object in the caller's session."""
         try:
             session = self._slot.cell.session
         except AttributeError:
@@ -358,7 +364,7 @@ class ScopedSession(t.Generic[S]):
         return instance in self()  # type: ignore[operator]
 
     def __iter__(self) -> t.Iterator[t.Any]:
-        return iter(self())  # type: ignore[call-overload]
+        return iter(self())  # type: ignore[call-overload,no-any-return]
 
     if t.TYPE_CHECKING:
 
@@ -587,7 +593,7 @@ class UnitOfWork(t.Generic[S]):
                 unit.end()
                 return result
 
-            return t.cast(F, async_wrapper)
+            return t.cast("F", async_wrapper)
 
         @functools.wraps(func)
         def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
@@ -600,7 +606,7 @@ class UnitOfWork(t.Generic[S]):
             unit.end()
             return result
 
-        return t.cast(F, wrapper)
+        return t.cast("F", wrapper)
 
 
 class QueryProperty:
@@ -622,4 +628,4 @@ class QueryProperty:
         session = self._scoped()
         if self._query_cls is not None:
             return self._query_cls(mapper, session=session)
-        return session.query(mapper)  # type: ignore[attr-defined]
+        return session.query(mapper)

@@ -179,7 +179,8 @@ class ThreadScope:
         self._tracked = _TrackedCells()
 
     def get(self) -> Cell | None:
-        return getattr(self.slot, "cell", None)  # type: ignore[no-any-return]
+        cell: Cell | None = getattr(self.slot, "cell", None)
+        return cell
 
     def install(self, cell: Cell | None) -> None:
         if cell is None:

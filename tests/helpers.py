@@ -44,6 +44,11 @@ class TrivialSession:
         pass
 
 
+def checkedout(engine: sa.Engine) -> int:
+    """How many connections of the engine's pool are checked out right now."""
+    return t.cast("sa.QueuePool", engine.pool).checkedout()
+
+
 def postgres_url() -> str | None:
     return os.environ.get(POSTGRES_ENV) or None
 
@@ -59,7 +64,7 @@ def make_postgres_engine(url: str, **kw: t.Any) -> tuple[sa.Engine, str, str]:
     tag = uuid.uuid4().hex[:12]
     app_name, schema = f"ss-test-{tag}", f"ss_{tag}"
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")  # type: ignore[arg-type]
+        conn.execute(f"CREATE SCHEMA {schema}")
     engine = sa.create_engine(
         sa.make_url(url).set(drivername="postgresql+psycopg"),
         connect_args={"application_name": app_name, "options": f"-csearch_path={schema}"},
@@ -70,7 +75,7 @@ def make_postgres_engine(url: str, **kw: t.Any) -> tuple[sa.Engine, str, str]:
 
 def drop_schema(url: str, schema: str) -> None:
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")  # type: ignore[arg-type]
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def backends(url: str, app_name: str) -> list[tuple[int, str]]:
@@ -99,6 +104,9 @@ class Database(t.NamedTuple):
 
     def idle_in_transaction(self) -> int:
         return sum(1 for _, state in self.backends() if state.startswith("idle in transaction"))
+
+    def checkedout(self) -> int:
+        return checkedout(self.engine)
 
     def count_notes(self) -> int:
         with self.engine.connect() as conn:
