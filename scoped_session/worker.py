@@ -1,0 +1,452 @@
+"""Sessions for background workers: one per job or one per worker thread.
+
+::
+
+    from scoped_session import ScopedSession
+    from scoped_session.worker import ScopedThreadPoolExecutor, dispose_engines_after_fork
+
+    Session = ScopedSession(sessionmaker(engine))
+
+    def job(n):
+        Session.add(Note(text=f"job {n}"))      # this job's own session
+
+    with ScopedThreadPoolExecutor(Session, max_workers=8, commit=True) as pool:
+        futures = [pool.submit(job, n) for n in range(100)]
+    # every job ran in a unit of work of its own: committed when it returned,
+    # closed also when it raised (its exception is in its future)
+
+    # A long-running loop: one unit of work per job, the loop survives failures.
+    while not stop.is_set():
+        item = queue.get()
+        try:
+            with Session.scope(commit=True):
+                handle(item)
+        except Exception:
+            log.exception("job failed")
+
+    # Before forking (gunicorn --preload, multiprocessing "fork"), so that a
+    # child never uses the parent's pooled connections:
+    dispose_engines_after_fork(engine)   # engine.dispose(close=False) in each child
+
+``per="thread"`` keeps one session per worker thread across jobs instead: it
+is rolled back after a job that raised (the next job is not poisoned) and
+closed when the pool shuts down.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import threading
+import typing as t
+import weakref
+from collections.abc import Sequence
+from types import TracebackType
+
+from ._proxy import ScopedSession, UnitOfWork
+
+__all__ = ["ScopedThreadPoolExecutor", "dispose_engines_after_fork"]
+
+logger = logging.getLogger("scoped_session")
+
+P = t.ParamSpec("P")
+T = t.TypeVar("T")
+
+_PER = ("job", "thread")
+
+
+def _as_sessions(sessions: object, what: str) -> tuple[ScopedSession[t.Any], ...]:
+    """Validate ``sessions``: one ScopedSession or a non-empty sequence of them."""
+    if isinstance(sessions, ScopedSession):
+        return (sessions,)
+    if isinstance(sessions, Sequence) and not isinstance(sessions, str | bytes):
+        found = tuple(sessions)
+        if not found:
+            raise ValueError(f"{what} needs at least one ScopedSession; got an empty sequence.")
+        for item in found:
+            if not isinstance(item, ScopedSession):
+                raise TypeError(
+                    f"{what} takes ScopedSession objects (or a list of them); the"
+                    f" list holds an object of type {type(item).__name__}. Wrap a"
+                    " sessionmaker in ScopedSession(sessionmaker(engine)) first."
+                )
+        return found
+    raise TypeError(
+        f"{what} takes a ScopedSession or a list of them; got an object of type"
+        f" {type(sessions).__name__}. Wrap a sessionmaker in"
+        " ScopedSession(sessionmaker(engine)) first."
+    )
+
+
+def _end_units(
+    units: Sequence[UnitOfWork[t.Any]],
+    error: BaseException | None,
+    *,
+    commit: bool | None = None,
+    raise_first: bool = True,
+) -> None:
+    """End every unit, also when some fail.
+
+    Once one commit fails the remaining units are ended as failed (rolled back,
+    not committed). The first failure is raised (when ``raise_first``); the
+    others are logged, as they would be lost otherwise. ``error``, the work's
+    own exception, is never replaced: with it, failures are only logged.
+    """
+    first: BaseException | None = None
+    for unit in units:
+        try:
+            # With an error given, end() logs its own failures and never raises.
+            unit.end(error if error is not None else first, commit=commit)
+        except BaseException as exc:
+            first = exc
+            if not raise_first:
+                logger.error("Ending a unit of work failed.", exc_info=exc)
+    if first is not None and raise_first:
+        raise first
+
+
+class _ThreadUnits:
+    """The units of work one worker thread keeps open across jobs."""
+
+    __slots__ = ("close_requested", "closed", "running", "units")
+
+    def __init__(self, units: list[UnitOfWork[t.Any]]) -> None:
+        self.units = units
+        # Held by the worker thread while a job runs. Once close_requested is
+        # set, whoever gets the lock first ends the units (closed says so), so
+        # a busy thread's units are ended by that thread when its job is over.
+        self.running = threading.Lock()
+        self.close_requested = False
+        self.closed = False
+
+    def claim(self) -> bool:
+        """Whether the caller should end the units now (at most one does)."""
+        if not self.running.acquire(blocking=False):
+            return False
+        try:
+            if self.closed:
+                return False
+            self.closed = True
+            return True
+        finally:
+            self.running.release()
+
+
+class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
+    """A :class:`~concurrent.futures.ThreadPoolExecutor` whose jobs get sessions
+    that are always closed.
+
+    :param sessions: a :class:`~scoped_session.ScopedSession` or a list of them.
+    :param max_workers: as for ``ThreadPoolExecutor``.
+    :param per: ``"job"`` (the default): each submitted callable runs in a unit
+        of work of its own, ended when it returns or raises. ``"thread"``: each
+        worker thread keeps one session per ``ScopedSession`` across jobs; it is
+        rolled back after a job that raised, and closed at ``shutdown()``.
+    :param commit: commit each session after a job that returned. A failed
+        commit fails that job's future (the session is still closed).
+    :param executor_kwargs: passed to ``ThreadPoolExecutor`` (``thread_name_prefix``,
+        ``initializer``, ``initargs``).
+
+    With several sessions and ``commit=True`` they are committed in order; a
+    failed commit rolls back the ones after it, not the ones before (this is not
+    a two-phase commit).
+    """
+
+    def __init__(
+        self,
+        sessions: ScopedSession[t.Any] | Sequence[ScopedSession[t.Any]],
+        max_workers: int | None = None,
+        *,
+        per: t.Literal["job", "thread"] = "job",
+        commit: bool = False,
+        **executor_kwargs: t.Any,
+    ) -> None:
+        scoped = _as_sessions(sessions, "ScopedThreadPoolExecutor()")
+        if per not in _PER:
+            raise ValueError(
+                f"Unknown per={per!r}: pass per='job' (a unit of work for each job,"
+                " the default) or per='thread' (one session per worker thread,"
+                " closed at shutdown)."
+            )
+        if not isinstance(commit, bool):
+            raise TypeError(f"commit must be True or False; got {type(commit).__name__}.")
+        super().__init__(max_workers, **executor_kwargs)
+        self._sessions = scoped
+        self._per = per
+        self._commit = commit
+        self._local = threading.local()
+        self._states: list[_ThreadUnits] = []
+        self._states_lock = threading.Lock()
+        self._closing = False
+        self._run: t.Callable[[t.Callable[..., t.Any], tuple[t.Any, ...], dict[str, t.Any]], t.Any]
+        # Both modes keep a unit of work open on each worker thread; per="job"
+        # removes the job's sessions after each job inside it. That is a unit
+        # of work per job (a fresh session, committed, closed; a nested
+        # Session.scope() joins it) at the cost of a hand-written remove().
+        self._run = self._run_in_thread_units
+        self._only = scoped[0] if per == "job" and len(scoped) == 1 and not commit else None
+
+    @property
+    def per(self) -> str:
+        """``"job"`` or ``"thread"``."""
+        return self._per
+
+    def submit(
+        self, fn: t.Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> concurrent.futures.Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` to run with its session(s)."""
+        return super().submit(self._run, fn, args, kwargs)
+
+    # -- per="job" --------------------------------------------------------------
+
+    def _run_per_job(
+        self, fn: t.Callable[..., T], args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
+    ) -> T:
+        # Units of the job's own: for jobs that run while the pool shuts down.
+        units: list[UnitOfWork[t.Any]] = []
+        try:
+            for scoped in self._sessions:
+                units.append(UnitOfWork(scoped, self._commit).start())
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            _end_units(units, exc)
+            raise
+        _end_units(units, None)
+        return result
+
+    def _end_job(self, state: _ThreadUnits, error: BaseException | None) -> None:
+        """Commit (when asked and the job returned), then close and forget the
+        job's sessions; the thread's units stay open for the next job.
+
+        As :meth:`UnitOfWork.end`: after a failed commit the other sessions are
+        not committed; every session is closed; the first failure is raised
+        unless the job raised (then failures are logged).
+        """
+        first: BaseException | None = None
+        for unit, scoped in zip(state.units, self._sessions, strict=True):
+            session = unit.session
+            if session is None:
+                continue
+            if self._commit and error is None and first is None:
+                try:
+                    session.commit()
+                except BaseException as exc:
+                    first = exc
+            try:
+                scoped.remove()  # on the worker thread: the unit's session
+            except Exception as exc:
+                if error is None and first is None:
+                    first = exc
+                else:
+                    logger.error("Closing a job's session failed.", exc_info=True)
+        if first is not None:
+            raise first
+
+    # -- per="thread" -----------------------------------------------------------
+
+    def _thread_units(self) -> _ThreadUnits | None:
+        """This worker thread's units, opened on its first job; ``None`` once
+        the pool is shutting down (the job then gets units of its own)."""
+        state: _ThreadUnits | None = getattr(self._local, "state", None)
+        if state is not None:
+            return state
+        with self._states_lock:
+            if self._closing:
+                return None
+            state = _ThreadUnits([UnitOfWork(s).start() for s in self._sessions])
+            self._states.append(state)
+        self._local.state = state
+        return state
+
+    def _run_in_thread_units(
+        self, fn: t.Callable[..., T], args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
+    ) -> T:
+        state: _ThreadUnits | None = getattr(self._local, "state", None)
+        if state is None:
+            state = self._thread_units()
+            if state is None:
+                return self._run_per_job(fn, args, kwargs)
+        running = state.running
+        running.acquire()
+        if state.closed:
+            running.release()
+            return self._run_per_job(fn, args, kwargs)
+        try:
+            if self._per == "thread":
+                return self._job_in_thread_session(state, fn, args, kwargs)
+            only = self._only
+            if only is None:
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    self._end_job(state, exc)
+                    raise
+                self._end_job(state, None)
+                return result
+            # One session, no commit: the hot path, a try/finally remove().
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException:
+                try:
+                    only.remove()
+                except Exception:
+                    logger.error("Closing a job's session failed.", exc_info=True)
+                raise
+            only.remove()
+            return result
+        finally:
+            running.release()
+            if state.close_requested and state.claim():
+                # shutdown(wait=False) ran during this job; nobody is left to
+                # raise to, and the job's own outcome must stand.
+                _end_units(state.units, None, commit=False, raise_first=False)
+
+    def _job_in_thread_session(
+        self,
+        state: _ThreadUnits,
+        fn: t.Callable[..., T],
+        args: tuple[t.Any, ...],
+        kwargs: dict[str, t.Any],
+    ) -> T:
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException:
+            self._recover(state)
+            raise
+        if self._commit:
+            self._commit_thread(state)
+        return result
+
+    def _commit_thread(self, state: _ThreadUnits) -> None:
+        for unit in state.units:
+            session = unit.session
+            if session is None:
+                continue
+            try:
+                session.commit()
+            except BaseException:
+                self._recover(state)
+                raise
+
+    def _recover(self, state: _ThreadUnits) -> None:
+        """Make this thread's sessions usable for the next job after a failure.
+
+        A session that cannot roll back is closed and forgotten; the next job
+        gets a new one. Failures are logged: the job's own exception goes first.
+        """
+        for unit, scoped in zip(state.units, self._sessions, strict=True):
+            session = unit.session
+            if session is None:
+                continue
+            rollback = getattr(session, "rollback", None)
+            try:
+                if rollback is not None:
+                    rollback()
+                    continue
+            except Exception:
+                logger.error(
+                    "Rolling back a worker thread's session failed; it is replaced.",
+                    exc_info=True,
+                )
+            try:
+                scoped.remove()  # on the worker thread: the unit's own session
+            except Exception:
+                logger.error("Closing a worker thread's session failed.", exc_info=True)
+
+    # -- shutdown ---------------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Shut the pool down, then close the worker threads' sessions
+        (``per="thread"``).
+
+        With ``wait=False`` a thread busy with a job closes its sessions when
+        that job ends; jobs that still run after that get units of their own.
+        A failed close is logged, and the first is raised.
+        """
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+        self._close_thread_units(raise_first=True)
+
+    def _close_thread_units(self, *, raise_first: bool) -> None:
+        with self._states_lock:
+            self._closing = True
+            states, self._states = self._states, []
+        idle: list[UnitOfWork[t.Any]] = []
+        for state in states:
+            state.close_requested = True  # before claim(): see _ThreadUnits
+            if state.claim():
+                idle.extend(state.units)
+        _end_units(idle, None, commit=False, raise_first=raise_first)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> t.Literal[False]:
+        if exc is None:
+            self.shutdown(wait=True)
+            return False
+        # The block's own exception goes first: a failed close is only logged.
+        concurrent.futures.ThreadPoolExecutor.shutdown(self, wait=True)
+        self._close_thread_units(raise_first=False)
+        return False
+
+
+# -- fork ----------------------------------------------------------------------
+
+
+class _Disposable(t.Protocol):
+    def dispose(self, close: bool = ...) -> None: ...
+
+
+#: Engines whose pools a fork child replaces. Weak: registering an engine does
+#: not keep it alive, and a disposed-of engine simply drops out.
+_fork_engines: weakref.WeakSet[_Disposable] = weakref.WeakSet()
+_fork_hook_lock = threading.Lock()
+_fork_hook_registered = False
+
+
+def _dispose_in_child() -> None:
+    # Runs in the child right after fork, with one thread: no lock (a parent
+    # thread may have held it at fork time), and every engine is tried.
+    for engine in list(_fork_engines):
+        try:
+            engine.dispose(close=False)
+        except Exception:
+            logger.error("Disposing of an engine's pool after fork failed.", exc_info=True)
+
+
+def dispose_engines_after_fork(*engines: _Disposable) -> None:
+    """Give each engine a fresh connection pool in every forked child.
+
+    Call it in the parent before forking (gunicorn ``--preload``, ``os.fork()``,
+    multiprocessing's ``"fork"`` start method, Celery's prefork pool). In each
+    child it calls ``engine.dispose(close=False)``: the child forgets the
+    pooled connections it inherited *without closing them* (closing would talk
+    on the parent's sockets) and opens its own. The parent's connections keep
+    working. The engines are held weakly; registering twice is harmless.
+
+    Sessions need nothing: a :class:`~scoped_session.ScopedSession` already
+    starts empty in a fork child.
+
+    :param engines: SQLAlchemy ``Engine`` objects (anything with
+        ``dispose(close=False)``).
+    """
+    global _fork_hook_registered
+    for engine in engines:
+        if hasattr(engine, "sync_engine"):
+            raise TypeError(
+                "dispose_engines_after_fork() takes synchronous engines; for an"
+                " AsyncEngine pass its .sync_engine."
+            )
+        if not callable(getattr(engine, "dispose", None)):
+            raise TypeError(
+                "dispose_engines_after_fork() takes SQLAlchemy engines (objects with"
+                f" dispose(close=False)); got an object of type {type(engine).__name__}."
+            )
+    with _fork_hook_lock:
+        _fork_engines.update(engines)
+        if not _fork_hook_registered:
+            os.register_at_fork(after_in_child=_dispose_in_child)
+            _fork_hook_registered = True
