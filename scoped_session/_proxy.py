@@ -221,15 +221,23 @@ class ScopedSession(t.Generic[S]):
         raises; that error propagates. Inside a unit of work the unit stays open
         and the next use makes a new session, which the unit will end.
         """
-        cell = self._resolve()
-        if cell is None:
-            return
-        session = cell.take()
-        if cell.depth == 0:
-            self._scope.release(cell)
+        session = self._forget()
         if session is not None:
             self._stats.removed += 1
             session.close()
+
+    def _forget(self) -> S | None:
+        """Take the caller's session out of its cell and return it (or None).
+
+        A cell outside any unit of work is released with it; a unit's cell stays.
+        """
+        cell = self._resolve()
+        if cell is None:
+            return None
+        session: S | None = cell.take()
+        if cell.depth == 0:
+            self._scope.release(cell)
+        return session
 
     def remove_all(self) -> int:
         """Close and forget every session of this registry, in every thread and
@@ -459,12 +467,7 @@ class _Registry(t.Generic[S]):
 
     def clear(self) -> None:
         """Forget the caller's session without closing it."""
-        scoped = self._scoped
-        cell = scoped._resolve()
-        if cell is not None:
-            cell.take()
-            if cell.depth == 0:
-                scoped._scope.release(cell)
+        self._scoped._forget()
 
 
 class UnitOfWork(t.Generic[S]):
@@ -532,6 +535,10 @@ class UnitOfWork(t.Generic[S]):
         if self.joined:
             cell.depth -= 1
             return
+        # Closed to newcomers before the commit runs: a unit started meanwhile on
+        # the owner's thread must get a fresh cell, not join this dying one.
+        cell.depth = 0
+        cell.ended = True
         if commit is None:
             commit = self.commit
         failure: BaseException | None = None

@@ -372,6 +372,33 @@ def test_unit_ended_from_another_thread(Session: ScopedSession[TrivialSession]) 
         assert fresh is not inside
 
 
+def test_unit_started_while_another_thread_commits_the_old_one_is_fresh() -> None:
+    committing, finish = threading.Event(), threading.Event()
+
+    class SlowCommit(TrivialSession):
+        def commit(self) -> None:
+            committing.set()
+            assert finish.wait(timeout=10)
+            super().commit()
+
+    Session = ScopedSession(SlowCommit)
+    old_unit = Session.scope(commit=True).start()
+    old = Session()
+    thread = threading.Thread(target=old_unit.end)
+    thread.start()
+    try:
+        assert committing.wait(timeout=10)
+        new_unit = Session.scope().start()  # the owner's next request, mid-commit
+        assert not new_unit.joined
+        assert Session() is not old
+    finally:
+        finish.set()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    new_unit.end()
+    assert (old.committed, old.closed) == (1, 1)
+
+
 def test_remove_inside_a_unit_keeps_the_unit(Session: ScopedSession[TrivialSession]) -> None:
     with Session.scope() as first:
         Session.remove()
