@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import typing as t
 
@@ -81,6 +82,15 @@ def define_tasks(app: t.Any, Session: ScopedSession[SASession], rec: Recorder) -
         return text
 
     return add, fail, retry_once
+
+
+@pytest.fixture(autouse=True)
+def _keep_root_log_level() -> t.Iterator[None]:
+    """celery's test worker sets the root logger to ERROR and leaves it so,
+    which would hide later tests' warnings from caplog."""
+    level = logging.root.level
+    yield
+    logging.root.setLevel(level)
 
 
 def test_real_worker_unit_of_work_per_task(db: Database) -> None:
