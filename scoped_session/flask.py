@@ -1,0 +1,332 @@
+"""Flask integration: one session per application context, closed when it is over.
+
+::
+
+    from flask import Flask
+    from sqlalchemy.orm import sessionmaker
+    from scoped_session.flask import FlaskScopedSession
+
+    Session = FlaskScopedSession(sessionmaker(engine), commit=True)
+    app = Flask(__name__)
+    Session.init_app(app)
+
+    @app.post("/notes")
+    def add_note():
+        Session.add(Note(text=request.json["text"]))  # the request's session
+        return {"ok": True}     # committed before the response is sent
+
+A request's session is made on first use, committed (with ``commit=True``)
+once the response is ready and successful, and closed when the request is really
+over: at the end of the application context, or, for a response whose body is a
+generator (``stream_with_context``), when that body is over or the server closes
+the response, whichever comes first. A ``with app.app_context():`` block (in a
+script, a CLI command, or nested in a request) gets a session of its own,
+removed when the block ends.
+
+The scope is the application context object itself: each context carries its own
+cell, so nothing keyed by ``id()`` can be handed to a later context.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import threading
+import typing as t
+import weakref
+from types import GeneratorType
+
+from flask import Flask, Response
+from flask.globals import _cv_app
+
+from ._exceptions import NoScopeError, ScopedSessionError
+from ._proxy import ScopedSession, _Closeable
+from ._scopes import Cell
+
+__all__ = ["FlaskScopedSession"]
+
+logger = logging.getLogger("scoped_session")
+
+S = t.TypeVar("S", bound=_Closeable)
+
+#: The key of the per-app state in ``app.extensions``: a dict that maps each
+#: FlaskScopedSession registered on the app to its settings.
+EXTENSION_KEY = "scoped_session"
+
+#: Names the attributes that hold a FlaskScopedSession's cell and state on an
+#: application context. A counter, not ``id()``: an id is reused once its object
+#: is collected, a counter value never is.
+_numbers = itertools.count()
+
+_NO_CONTEXT = (
+    "No Flask application context is active. Push one with 'app.app_context()'"
+    " or call this inside a request."
+)
+
+
+class _AppState:
+    """What a FlaskScopedSession keeps per app in ``app.extensions``."""
+
+    __slots__ = ("commit",)
+
+    def __init__(self, commit: bool) -> None:
+        self.commit = commit
+
+
+class _Deferred:
+    """A context whose end was handed to its streamed response.
+
+    Flask pops the context before a ``stream_with_context`` body runs, and the
+    body pushes it again: the first pop leaves the session open, the second
+    (the body is over) ends it. A body that never ran is ended by the
+    response's ``close()``. ``commit`` says whether the body's writes are to be
+    committed; ``error`` is how the context was first left.
+    """
+
+    __slots__ = ("commit", "error", "left")
+
+    def __init__(self, commit: bool) -> None:
+        self.commit = commit
+        self.error: BaseException | None = None
+        self.left = False
+
+
+class AppContextScope:
+    """A scope whose cell lives on the current Flask application context.
+
+    The cell is an attribute of the ``AppContext`` object, so it lives and dies
+    with that context; cells are also tracked weakly for ``remove_all()``.
+    """
+
+    kind = "flask"
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        # Fresh attribute names: after os.fork() a context inherited from the
+        # parent still carries the old attributes, which must now be invisible.
+        number = next(_numbers)
+        self.cell_attr = cell_attr = f"_scoped_session_cell_{number}"
+        self.state_attr = f"_scoped_session_state_{number}"
+        get_context = _cv_app.get
+
+        def cell(slot: object) -> t.Any:
+            # Without a context, or without a cell on it, this returns the slot
+            # itself, which has no ``session``: the proxy's read raises
+            # AttributeError and goes to the slow path, as ContextScope's does.
+            return getattr(get_context(None), cell_attr, slot)
+
+        slot_type = type("FlaskSlot", (), {"__slots__": (), "cell": property(cell)})
+        self.slot = slot_type()
+        self._lock = threading.Lock()
+        self._cells: weakref.WeakSet[Cell] = weakref.WeakSet()
+
+    def get(self) -> Cell | None:
+        context = _cv_app.get(None)
+        if context is None:
+            return None
+        return context.__dict__.get(self.cell_attr)
+
+    def install(self, cell: Cell | None) -> None:
+        context = _cv_app.get(None)
+        if cell is None:
+            if context is not None:
+                context.__dict__.pop(self.cell_attr, None)
+            return
+        if context is None:
+            raise NoScopeError(_NO_CONTEXT)
+        self.track(cell)
+        setattr(context, self.cell_attr, cell)
+
+    def track(self, cell: Cell) -> None:
+        with self._lock:
+            self._cells.add(cell)
+
+    def release(self, cell: Cell) -> None:
+        pass  # an empty cell stays for reuse; it dies with its context
+
+    def cells(self) -> list[Cell]:
+        with self._lock:
+            return list(self._cells)
+
+
+class FlaskScopedSession(ScopedSession[S]):
+    """A scoped session whose scope is the current Flask application context.
+
+    :param session_factory: makes a new session, usually a
+        :class:`sqlalchemy.orm.sessionmaker`.
+    :param app: register on this app now (same as calling :meth:`init_app`).
+    :param commit: commit a request's session after a successful response
+        (no exception, status below 400) before it is sent; otherwise it is
+        rolled back. ``None`` (the default) reads the app's
+        ``SCOPED_SESSION_COMMIT`` config key, ``False`` when unset. Contexts
+        without a response (scripts, CLI commands) never commit on their own.
+    """
+
+    def __init__(
+        self,
+        session_factory: t.Callable[..., S],
+        app: Flask | None = None,
+        *,
+        commit: bool | None = None,
+    ) -> None:
+        super().__init__(session_factory)
+        self._commit_default = commit
+        self._flask_scope = AppContextScope()
+        self._use_scope(self._flask_scope)
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Register on ``app``: its application contexts get sessions, and each
+        is closed when its context (or streamed response) is over."""
+        registered = app.extensions.setdefault(EXTENSION_KEY, {})
+        if self in registered:
+            raise ScopedSessionError(
+                f"This FlaskScopedSession is already registered on the app {app.name!r};"
+                " call init_app() once per app."
+            )
+        commit = self._commit_default
+        if commit is None:
+            commit = bool(app.config.get("SCOPED_SESSION_COMMIT", False))
+        registered[self] = _AppState(commit)
+
+        # Plain handlers, not signals: a signal with receivers costs every
+        # request of every app several microseconds. after_request handlers run
+        # in reverse order of registration, so the ones an app registers after
+        # init_app() (the usual order) run before the commit.
+        def after_request(response: Response) -> Response:
+            return self._after_request(response, commit)
+
+        app.after_request(after_request)
+        app.teardown_appcontext(self._on_teardown)
+
+    def _app_state(self, app: Flask) -> _AppState:
+        try:
+            return app.extensions[EXTENSION_KEY][self]  # type: ignore[no-any-return]
+        except KeyError:
+            raise ScopedSessionError(
+                f"This FlaskScopedSession is not registered on the app {app.name!r}."
+                " Call Session.init_app(app) where the app is created."
+            ) from None
+
+    # -- the end of a context ----------------------------------------------------
+    # A context's cell belongs to the context, as a thread's cell belongs to its
+    # thread: it is made on first use and emptied when the context is over. No
+    # UnitOfWork object per context: that would more than double the cost of a
+    # request's session. A Session.scope() inside a context is a unit of its
+    # own, as anywhere else.
+
+    def _create(self, kw: dict[str, t.Any]) -> S:
+        # Checked before the factory runs: a session made outside any context,
+        # or in the context of an app this object does not close sessions
+        # for, would have nobody to close it.
+        context = _cv_app.get(None)
+        if context is None:
+            raise NoScopeError(_NO_CONTEXT)
+        if self not in context.app.extensions.get(EXTENSION_KEY, ()):
+            self._app_state(context.app)  # raises the error that says what to do
+        scope = self._flask_scope
+        if kw or scope.cell_attr in context.__dict__:
+            # A cell is there already (emptied by remove(), or a unit's):
+            # the general path knows every case.
+            return super()._create(kw)
+        # The first use in a fresh context, the common case, made short.
+        session = self.session_factory()
+        cell = Cell(self._stats)
+        scope.track(cell)
+        setattr(context, scope.cell_attr, cell)
+        cell.session = session
+        self._stats.created += 1
+        return session
+
+    def _after_request(self, response: Response, commit: bool) -> Response:
+        """Commit a successful response's session before it is sent; hand the
+        end of the context to a streamed response's ``close()``."""
+        context = _cv_app.get(None)
+        if context is None:
+            return response
+        found = context.__dict__
+        scope = self._flask_scope
+        commit = commit and response.status_code < 400
+        if commit:
+            session = getattr(found.get(scope.cell_attr), "session", None)
+            if session is not None:
+                # Raising here turns into a logged 500 response, by Flask.
+                session.commit()
+        # A generator body may run later in this context (stream_with_context
+        # pushes it again), or read through objects loaded by this session.
+        # Other bodies cannot: an error page made by Flask, a file (whose
+        # response's close() is not even called with direct_passthrough).
+        if type(response.response) is GeneratorType and not response.direct_passthrough:
+            deferred = _Deferred(commit)
+            setattr(context, scope.state_attr, deferred)
+            response.call_on_close(functools.partial(self._close_deferred, context, deferred))
+        return response
+
+    def _close_deferred(self, context: t.Any, deferred: _Deferred) -> None:
+        # Runs from the response's close(), on whichever thread the server
+        # closes it; a body that ran has ended the context already.
+        found = context.__dict__
+        if found.get(self._flask_scope.state_attr) is deferred:
+            del found[self._flask_scope.state_attr]
+            self._end_context(context, deferred.error, commit=deferred.commit)
+
+    def _on_teardown(self, exc: BaseException | None) -> None:
+        """The application context is being popped: close its session, unless
+        this is the pop before a streamed body runs."""
+        context = _cv_app.get(None)
+        if context is None:
+            return
+        found = context.__dict__
+        state_attr = self._flask_scope.state_attr
+        deferred: _Deferred | None = found.get(state_attr)
+        if deferred is None:
+            self._end_context(context, exc, commit=False)
+        elif not deferred.left:
+            deferred.left = True
+            deferred.error = exc
+        else:
+            # The body is over: exhausted, failed, or closed (GeneratorExit,
+            # the client went away). Ending here does not depend on the
+            # server calling close() after a complete body.
+            del found[state_attr]
+            error = exc if exc is not None else deferred.error
+            self._end_context(context, error, commit=deferred.commit)
+
+    def _end_context(self, context: t.Any, error: BaseException | None, *, commit: bool) -> None:
+        """Empty the context's cell: commit (when asked and ``error`` is None),
+        then close its session and any a unit left open there shadowed.
+
+        Every session is closed even if some fail. A failure is raised (the
+        first) when ``error`` is None, else logged: the error is the request's
+        own and is never hidden.
+        """
+        cell: Cell | None = context.__dict__.pop(self._flask_scope.cell_attr, None)
+        sessions = []
+        while cell is not None:
+            session = cell.take()
+            if session is not None:
+                sessions.append(session)
+            cell = cell.prev
+        if not sessions:
+            return
+        self._stats.removed += len(sessions)
+        failure: BaseException | None = None
+        if commit and error is None:
+            try:
+                sessions[0].commit()
+            except Exception as exc:
+                failure = exc
+        for session in sessions:
+            try:
+                session.close()
+            except Exception as exc:
+                if failure is None and error is None:
+                    failure = exc
+                else:
+                    logger.error("Closing a session failed after an error.", exc_info=True)
+        if failure is not None:
+            raise failure
