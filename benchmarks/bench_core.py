@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     growth = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
-    live = sum(1 for cell in ours._scope.cells() if hasattr(cell, "session"))
+    live = sum(1 for cell in ours._scope.cells() if cell.session is not None)
     ok = growth < 16_384 and live == 0
     failed |= not ok
     print(

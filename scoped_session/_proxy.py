@@ -19,11 +19,11 @@ import functools
 import inspect
 import logging
 import os
+import sys
 import threading
 import typing as t
 import warnings
 import weakref
-from operator import attrgetter
 
 from ._exceptions import ScopedSessionError, SessionAlreadyPresent
 from ._scopes import Cell, ContextScope, KeyedScope, Scope, Stats, ThreadScope
@@ -73,24 +73,204 @@ def _close_all(sessions: t.Iterable[_Closeable], what: str) -> int:
     return closed
 
 
-def _forward(name: str) -> t.Any:
-    """A read-only attribute forwarded to the caller's session.
+#: Session methods that take no arguments: forwarded as methods of the proxy, so
+#: a call makes no bound method of the session's.
+_CALLS = ("close", "commit", "expire_all", "expunge_all", "reset", "rollback")
 
-    The getter is an ``attrgetter``: the lookup stays in C, and for a method it
-    returns the session's own bound method, so arguments reach it exactly as
-    given. When the caller has no session yet the getter raises
-    ``AttributeError`` and Python falls back to ``__getattr__``, which makes one.
+#: Every other public name of ``sqlalchemy.orm.Session`` (2.0 and 2.1): a property
+#: that returns the session's attribute, for a method its own bound method, so
+#: arguments reach it exactly as given.
+_ATTRIBUTES = (
+    "add",
+    "add_all",
+    "autobegin",
+    "begin",
+    "begin_nested",
+    "bind_mapper",
+    "bind_table",
+    "binds",
+    "bulk_insert_mappings",
+    "bulk_save_objects",
+    "bulk_update_mappings",
+    "connection",
+    "connection_callable",
+    "delete",
+    "delete_all",
+    "deleted",
+    "dirty",
+    "dispatch",
+    "enable_baked_queries",
+    "enable_relationship_loading",
+    "execute",
+    "execution_options",
+    "expire",
+    "expire_on_commit",
+    "expunge",
+    "flush",
+    "get",
+    "get_bind",
+    "get_nested_transaction",
+    "get_one",
+    "get_transaction",
+    "hash_key",
+    "identity_key",
+    "in_nested_transaction",
+    "in_transaction",
+    "info",
+    "invalidate",
+    "is_active",
+    "is_modified",
+    "join_transaction_mode",
+    "merge",
+    "merge_all",
+    "new",
+    "no_autoflush",
+    "object_session",
+    "prepare",
+    "query",
+    "refresh",
+    "scalar",
+    "scalars",
+    "twophase",
+)
+
+#: Forwarded both ways: ``Session.autoflush = False`` sets the session's.
+_SETTABLE = ("autoflush", "bind", "identity_map")
+
+#: How the generated proxy code finds the caller's session, per kind of scope,
+#: and the errors that mean "no session yet". The slot read is C all the way
+#: for thread and context scopes; a custom key skips the slot's property.
+_LOOKUPS = {
+    "slot": ("self._slot.cell.session", "AttributeError"),
+    "keyed": ("self._keyed_cells.get(self._keyed_func()).session", "(AttributeError, TypeError)"),
+}
+
+_TEMPLATE = """
+def __call__(self, **kw):
+    if kw:
+        return self._create(kw)
+    try:
+        session = {lookup}
+    except {errors}:
+        session = None
+    if session is None:
+        return self._create(kw)
+    return session
+"""
+
+_CALL_TEMPLATE = """
+def {name}(self):
+    try:
+        session = {lookup}
+    except {errors}:
+        session = None
+    if session is None:
+        session = self._create({{}})
+    return session.{name}()
+"""
+
+_GET_TEMPLATE = """
+def {name}(self):
+    try:
+        session = {lookup}
+    except {errors}:
+        session = None
+    if session is None:
+        session = self._create({{}})
+    return session.{name}
+"""
+
+_SET_TEMPLATE = """
+def set_{name}(self, value):
+    self().{name} = value
+"""
+
+
+def _proxy_namespace(kind: str) -> dict[str, t.Any]:
+    """The proxy's forwarding members for one kind of scope.
+
+    Generated (as SQLAlchemy and attrs do) so that each reads its attribute by
+    a literal name: CPython specializes those reads, which a shared function
+    taking the name as data cannot have. Each handles "no session yet" itself,
+    so none depends on ``__getattr__``.
     """
-    return property(attrgetter(f"_slot.cell.session.{name}"), doc=f"The session's ``{name}``.")
+    lookup, errors = _LOOKUPS[kind]
+    source = [_TEMPLATE.format(lookup=lookup, errors=errors)]
+    for name in _CALLS:
+        source.append(_CALL_TEMPLATE.format(name=name, lookup=lookup, errors=errors))
+    for name in _ATTRIBUTES:
+        source.append(_GET_TEMPLATE.format(name=name, lookup=lookup, errors=errors))
+    for name in _SETTABLE:
+        source.append(_GET_TEMPLATE.format(name=name, lookup=lookup, errors=errors))
+        source.append(_SET_TEMPLATE.format(name=name))
+    code: dict[str, t.Any] = {}
+    exec(compile("".join(source), f"<scoped_session proxy: {kind}>", "exec"), {}, code)
+    namespace: dict[str, t.Any] = {"__call__": code["__call__"]}
+    for name in _CALLS:
+        method = code[name]
+        method.__doc__ = f"Call the caller's session's ``{name}()``."
+        namespace[name] = method
+    for name in _ATTRIBUTES:
+        namespace[name] = property(code[name], doc=f"The caller's session's ``{name}``.")
+    for name in _SETTABLE:
+        namespace[name] = property(
+            code[name], code[f"set_{name}"], doc=f"The caller's session's ``{name}``."
+        )
+    for value in namespace.values():
+        function: t.Any = value.fget if isinstance(value, property) else value
+        function.__module__ = __name__
+        function.__qualname__ = f"ScopedSession.{function.__name__}"
+    return namespace
 
 
-def _forward_settable(name: str) -> t.Any:
-    def fset(self: ScopedSession[t.Any], value: object) -> None:
-        setattr(self(), name, value)
+#: Python 3.11 does not specialize any attribute read on an instance whose class
+#: has ``__getattr__``: with one, every read on the proxy, its own included,
+#: costs about twice as much. 3.12 and later specialize them anyway.
+_GETATTR_IS_FREE = sys.version_info >= (3, 12)
 
-    return property(
-        attrgetter(f"_slot.cell.session.{name}"), fset, doc=f"The session's ``{name}``."
-    )
+
+def _forward_unknown(self: ScopedSession[t.Any], name: str) -> t.Any:
+    """Forward a name the proxy does not define to the caller's session."""
+    if name.startswith("_"):
+        raise AttributeError(name)
+    return getattr(self(), name)
+
+
+def _locked_create(self: ScopedSession[t.Any], kw: dict[str, t.Any]) -> t.Any:
+    with self._create_lock:  # type: ignore[union-attr]
+        return self._public_class._create(self, kw)
+
+
+#: Subclasses of a public class made for a kind of scope, per public class and
+#: what they add: keyed proxy members, a locked slow path, ``__getattr__``.
+_variants: dict[tuple[type[t.Any], bool, bool, bool], type[t.Any]] = {}
+_variants_lock = threading.Lock()
+
+
+def _variant(public: type[t.Any], keyed: bool, locked: bool, hooked: bool) -> type[t.Any]:
+    """``public`` itself, or a subclass of it named like it that adds what is
+    asked for. Instances switch between them with ``__class__``, which keeps
+    the public class's ``isinstance`` and the object's identity."""
+    if not (keyed or locked or hooked):
+        return public
+    key = (public, keyed, locked, hooked)
+    with _variants_lock:
+        cls = _variants.get(key)
+        if cls is None:
+            namespace: dict[str, t.Any] = {
+                "__slots__": (),
+                "__module__": public.__module__,
+                "__qualname__": public.__qualname__,
+                "__doc__": public.__doc__,
+            }
+            if keyed:
+                namespace.update(_KEYED_NAMESPACE)
+            if locked:
+                namespace["_create"] = _locked_create
+            if hooked:
+                namespace["__getattr__"] = _forward_unknown
+            cls = _variants[key] = type(public.__name__, (public,), namespace)
+    return cls
 
 
 class ScopedSession(t.Generic[S]):
@@ -106,6 +286,25 @@ class ScopedSession(t.Generic[S]):
         ``"context"``: a session per :mod:`contextvars` context (thread, asyncio
         task, greenlet).
     """
+
+    __slots__ = (
+        "__weakref__",
+        "_create_lock",
+        "_hooked",
+        "_keyed",
+        "_keyed_cells",
+        "_keyed_func",
+        "_last_type",
+        "_locked",
+        "_needs_hook",
+        "_public_class",
+        "_scope",
+        "_seen_types",
+        "_slot",
+        "_stats",
+        "registry",
+        "session_factory",
+    )
 
     session_factory: t.Callable[..., S]
 
@@ -141,6 +340,15 @@ class ScopedSession(t.Generic[S]):
         self.session_factory = session_factory
         self._stats = Stats()
         self.registry = _Registry(self)
+        # The class the caller made; the instance may be switched to a variant
+        # of it (see _variant) and back.
+        self._public_class = type(self)
+        # On 3.11 __getattr__ stays off until a session shows that the proxy
+        # forwards all its names by itself (see _learn).
+        self._hooked = not _GETATTR_IS_FREE
+        self._needs_hook = False
+        self._last_type: type[t.Any] | None = None
+        self._seen_types: set[type[t.Any]] = set()
         if scopefunc is not None:
             self._use_scope(KeyedScope(scopefunc))
         elif scope == "context":
@@ -154,23 +362,49 @@ class ScopedSession(t.Generic[S]):
         of their own, like Flask's application context, call this)."""
         self._scope = scope
         self._slot = scope.slot
+        keyed = isinstance(scope, KeyedScope)
         # Two threads can share a custom key; the slow path must not race there.
-        self._create_lock = threading.RLock() if isinstance(scope, KeyedScope) else None
+        self._create_lock = threading.RLock() if keyed else None
+        self._locked = keyed
+        if keyed:
+            self._keyed_cells = scope._cells  # type: ignore[attr-defined]
+            self._keyed_func = scope.scopefunc  # type: ignore[attr-defined]
+        self._keyed = keyed and not self._overrides_proxy()
+        self._switch_class()
+
+    def _overrides_proxy(self) -> bool:
+        """Whether a subclass redefines a proxy member (a keyed variant would
+        hide its version)."""
+        for cls in self._public_class.__mro__:
+            if cls is ScopedSession:
+                return False
+            if not _FORWARDED.isdisjoint(vars(cls)):
+                return True
+        return False
+
+    def _switch_class(self) -> None:
+        cls = _variant(self._public_class, self._keyed, self._locked, self._hooked)
+        if self.__class__ is not cls:
+            self.__class__ = cls
+
+    def _learn(self, session: object) -> None:
+        """On 3.11: turn ``__getattr__`` off while every public name of the
+        sessions made so far is one the proxy forwards by itself, and on for
+        good once one is not."""
+        kind = type(session)
+        self._last_type = kind
+        if kind in self._seen_types:
+            return
+        self._seen_types.add(kind)
+        proxy = self._public_class
+        names = (name for name in dir(session) if not name.startswith("_"))
+        if not all(hasattr(proxy, name) for name in names):
+            self._needs_hook = True
+        if self._hooked != self._needs_hook:
+            self._hooked = self._needs_hook
+            self._switch_class()
 
     # -- the caller's session -------------------------------------------------
-
-    def __call__(self, **kw: t.Any) -> S:
-        """Return the caller's session, made by the factory on first use.
-
-        With keyword arguments the session is made with them; when the caller
-        already has a session that raises :class:`SessionAlreadyPresent`.
-        """
-        if kw:
-            return self._create(kw)
-        try:
-            return self._slot.cell.session  # type: ignore[no-any-return]
-        except AttributeError:
-            return self._create(kw)
 
     def _resolve(self) -> Cell | None:
         """The caller's live cell, skipping units ended from another thread."""
@@ -183,20 +417,19 @@ class ScopedSession(t.Generic[S]):
         return cell
 
     def _create(self, kw: dict[str, t.Any]) -> S:
-        lock = self._create_lock
-        if lock is None:
-            return self._create_unlocked(kw)
-        with lock:
-            return self._create_unlocked(kw)
+        """The proxy's slow path: the caller has no session (or passed ``kw``).
 
-    def _create_unlocked(self, kw: dict[str, t.Any]) -> S:
-        cell = self._resolve()
+        Not locked: the caller's cell is its own. Under a custom key, which
+        threads may share, the instance's class is a variant that takes a lock
+        around this (see ``_locked_create``).
+        """
+        scope = self._scope
+        cell = scope.get()
+        if cell is not None and cell.ended:
+            cell = self._resolve()
         if cell is not None:
-            try:
-                session: S = cell.session
-            except AttributeError:
-                pass
-            else:
+            session: S | None = cell.session
+            if session is not None:
                 if kw:
                     raise SessionAlreadyPresent(
                         "A scoped session is already present; keyword arguments"
@@ -207,11 +440,18 @@ class ScopedSession(t.Generic[S]):
         # Make the session before touching the registry: a factory that raises
         # leaves nothing behind.
         session = self.session_factory(**kw)
+        if session is None:
+            raise TypeError(
+                "The session factory returned None; it must return a new session"
+                " object (such as sqlalchemy.orm.sessionmaker(bind=engine) does)."
+            )
         if cell is None:
             cell = Cell(self._stats)
-            self._scope.install(cell)
+            scope.install(cell)
         cell.session = session
         self._stats.created += 1
+        if not _GETATTR_IS_FREE and type(session) is not self._last_type:
+            self._learn(session)
         return session
 
     def remove(self) -> None:
@@ -231,12 +471,15 @@ class ScopedSession(t.Generic[S]):
 
         A cell outside any unit of work is released with it; a unit's cell stays.
         """
-        cell = self._resolve()
+        scope = self._scope
+        cell = scope.get()
+        if cell is not None and cell.ended:
+            cell = self._resolve()
         if cell is None:
             return None
         session: S | None = cell.take()
-        if cell.depth == 0:
-            self._scope.release(cell)
+        if cell.depth == 0 and not scope.keeps_cells:
+            scope.release(cell)
         return session
 
     def remove_all(self) -> int:
@@ -273,7 +516,7 @@ class ScopedSession(t.Generic[S]):
         configure(**kwargs)
 
     def _has_any(self) -> bool:
-        return any(hasattr(cell, "session") for cell in self._scope.cells())
+        return any(cell.session is not None for cell in self._scope.cells())
 
     def scope(self, commit: bool = False) -> UnitOfWork[S]:
         """A unit of work: a context manager and a decorator.
@@ -315,58 +558,8 @@ class ScopedSession(t.Generic[S]):
         return f"<{type(self).__name__} scope={self._scope.kind}>"
 
     # -- the proxy ------------------------------------------------------------
-    # The methods that take no arguments are written out: one attribute chain
-    # (C for the thread and context scopes) and one call. Everything else is
-    # forwarded as the session's own bound method, so arguments reach it
-    # exactly as given.
-
-    def close(self) -> None:
-        """Close the caller's session; it stays registered and can be reused."""
-        try:
-            session = self._slot.cell.session
-        except AttributeError:
-            session = self._create({})
-        return session.close()  # type: ignore[no-any-return]
-
-    def commit(self) -> None:
-        """Commit the caller's session's transaction."""
-        try:
-            session = self._slot.cell.session
-        except AttributeError:
-            session = self._create({})
-        return session.commit()  # type: ignore[no-any-return]
-
-    def rollback(self) -> None:
-        """Roll back the caller's session's transaction."""
-        try:
-            session = self._slot.cell.session
-        except AttributeError:
-            session = self._create({})
-        return session.rollback()  # type: ignore[no-any-return]
-
-    def reset(self) -> None:
-        """Reset the caller's session, ending its transaction."""
-        try:
-            session = self._slot.cell.session
-        except AttributeError:
-            session = self._create({})
-        return session.reset()  # type: ignore[no-any-return]
-
-    def expunge_all(self) -> None:
-        """Remove every object from the caller's session."""
-        try:
-            session = self._slot.cell.session
-        except AttributeError:
-            session = self._create({})
-        return session.expunge_all()  # type: ignore[no-any-return]
-
-    def expire_all(self) -> None:
-        """Expire every object in the caller's session."""
-        try:
-            session = self._slot.cell.session
-        except AttributeError:
-            session = self._create({})
-        return session.expire_all()  # type: ignore[no-any-return]
+    # The forwarding members are generated below the class (see
+    # _proxy_namespace); here are their types, and the rest by hand.
 
     def __contains__(self, instance: object) -> bool:
         return instance in self()  # type: ignore[operator]
@@ -376,66 +569,45 @@ class ScopedSession(t.Generic[S]):
 
     if t.TYPE_CHECKING:
 
+        def __call__(self, **kw: t.Any) -> S:
+            """Return the caller's session, made by the factory on first use.
+
+            With keyword arguments the session is made with them; when the
+            caller already has a session that raises
+            :class:`SessionAlreadyPresent`.
+            """
+
+        def close(self) -> None: ...
+        def commit(self) -> None: ...
+        def rollback(self) -> None: ...
+        def reset(self) -> None: ...
+        def expunge_all(self) -> None: ...
+        def expire_all(self) -> None: ...
         def __getattr__(self, name: str) -> t.Any: ...
 
-        bind: t.Any
-        autoflush: bool
-        identity_map: t.Any
+        @property
+        def bind(self) -> t.Any: ...
+        @bind.setter
+        def bind(self, value: t.Any) -> None: ...
+        @property
+        def autoflush(self) -> bool: ...
+        @autoflush.setter
+        def autoflush(self, value: bool) -> None: ...
+        @property
+        def identity_map(self) -> t.Any: ...
+        @identity_map.setter
+        def identity_map(self, value: t.Any) -> None: ...
 
-    else:
-        add = _forward("add")
-        add_all = _forward("add_all")
-        begin = _forward("begin")
-        begin_nested = _forward("begin_nested")
-        bind_mapper = _forward("bind_mapper")
-        bind_table = _forward("bind_table")
-        bulk_insert_mappings = _forward("bulk_insert_mappings")
-        bulk_save_objects = _forward("bulk_save_objects")
-        bulk_update_mappings = _forward("bulk_update_mappings")
-        connection = _forward("connection")
-        delete = _forward("delete")
-        delete_all = _forward("delete_all")
-        deleted = _forward("deleted")
-        dirty = _forward("dirty")
-        enable_relationship_loading = _forward("enable_relationship_loading")
-        execute = _forward("execute")
-        expire = _forward("expire")
-        expunge = _forward("expunge")
-        flush = _forward("flush")
-        get = _forward("get")
-        get_bind = _forward("get_bind")
-        get_nested_transaction = _forward("get_nested_transaction")
-        get_one = _forward("get_one")
-        get_transaction = _forward("get_transaction")
-        identity_key = _forward("identity_key")
-        in_nested_transaction = _forward("in_nested_transaction")
-        in_transaction = _forward("in_transaction")
-        info = _forward("info")
-        invalidate = _forward("invalidate")
-        is_active = _forward("is_active")
-        is_modified = _forward("is_modified")
-        merge = _forward("merge")
-        merge_all = _forward("merge_all")
-        new = _forward("new")
-        no_autoflush = _forward("no_autoflush")
-        object_session = _forward("object_session")
-        prepare = _forward("prepare")
-        query = _forward("query")
-        refresh = _forward("refresh")
-        scalar = _forward("scalar")
-        scalars = _forward("scalars")
+    elif _GETATTR_IS_FREE:
+        __getattr__ = _forward_unknown
 
-        bind = _forward_settable("bind")
-        autoflush = _forward_settable("autoflush")
-        identity_map = _forward_settable("identity_map")
 
-        def __getattr__(self, name: str) -> t.Any:
-            # Reached for names not written out above, and for those when the
-            # caller has no session yet (their getter raised AttributeError).
-            if name.startswith("_"):
-                raise AttributeError(name)
-            return getattr(self(), name)
-
+for _name, _member in _proxy_namespace("slot").items():
+    setattr(ScopedSession, _name, _member)
+_KEYED_NAMESPACE = _proxy_namespace("keyed")
+#: Every name the proxy forwards by itself, without ``__getattr__``.
+_FORWARDED = frozenset(_KEYED_NAMESPACE)
+del _name, _member
 
 scoped_session = ScopedSession
 
@@ -453,7 +625,7 @@ class _Registry(t.Generic[S]):
     def has(self) -> bool:
         """Whether the caller has a session."""
         cell = self._scoped._resolve()
-        return cell is not None and hasattr(cell, "session")
+        return cell is not None and cell.session is not None
 
     def set(self, obj: S) -> None:
         """Make ``obj`` the caller's session; one already there is forgotten,
@@ -478,6 +650,8 @@ class UnitOfWork(t.Generic[S]):
     ends this unit, not the calling thread's, and calling it again does nothing.
     """
 
+    __slots__ = ("_cell", "_open", "_scoped", "commit", "joined")
+
     def __init__(self, scoped: ScopedSession[S], commit: bool = False) -> None:
         self._scoped = scoped
         self.commit = commit
@@ -493,7 +667,10 @@ class UnitOfWork(t.Generic[S]):
                 "This unit of work was already started; call Session.scope() for a new one."
             )
         scoped = self._scoped
-        outer = scoped._resolve()
+        scope = scoped._scope
+        outer = scope.get()
+        if outer is not None and outer.ended:
+            outer = scoped._resolve()
         if outer is not None and outer.depth:
             outer.depth += 1
             self._cell = outer
@@ -501,8 +678,8 @@ class UnitOfWork(t.Generic[S]):
         else:
             # A session made outside any unit is shadowed, not adopted: the unit
             # starts fresh and the old session comes back when the unit ends.
-            self._cell = Cell(scoped._stats, prev=outer, depth=1)
-            scoped._scope.install(self._cell)
+            self._cell = cell = Cell(scoped._stats, outer, 1)
+            scope.install(cell)
         self._open.append(True)
         return self
 
@@ -514,7 +691,8 @@ class UnitOfWork(t.Generic[S]):
     @property
     def session(self) -> S | None:
         """The unit's session if one was made, without making one."""
-        return getattr(self._cell, "session", None)
+        cell = self._cell
+        return None if cell is None else cell.session
 
     def end(self, error: BaseException | None = None, *, commit: bool | None = None) -> None:
         """End the unit: commit (when asked and ``error`` is None), close, forget.
@@ -542,7 +720,7 @@ class UnitOfWork(t.Generic[S]):
         if commit is None:
             commit = self.commit
         failure: BaseException | None = None
-        session = getattr(cell, "session", None)
+        session = cell.session
         try:
             if session is not None and commit and error is None:
                 session.commit()

@@ -5,10 +5,13 @@ to the caller right now?" and keeps the cells it handed out, so that
 ``remove_all()`` can reach every one of them.
 
 Every scope exposes a ``slot`` object whose ``cell`` attribute is the caller's
-cell, and a cell's ``session`` attribute is unset while it is empty. The proxy's
-hot path is therefore ``self._slot.cell.session``: plain attribute reads, done
-in C for the thread and context scopes, and an ``AttributeError`` whenever the
-caller has no session yet.
+cell, and a cell's ``session`` attribute is ``None`` while it is empty. The
+proxy's hot path is therefore ``self._slot.cell.session``: plain attribute
+reads, done in C for the thread and context scopes. Where the caller has no
+cell, ``cell`` is :data:`EMPTY`, whose ``session`` is also ``None`` (or, the
+first time a thread asks, the read raises ``AttributeError``). No exception is
+raised on the common paths: in CPython raising one costs more than the rest of
+a get/remove cycle.
 
 The identity of a scope's entry is the cell object, never a key that can be
 reused: not ``id()`` of anything, not a thread ident. A cell that is dropped
@@ -22,11 +25,21 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import sys
 import threading
 import typing as t
 import weakref
 
-__all__ = ["Cell", "ContextScope", "KeyedScope", "Scope", "Stats", "ThreadScope"]
+__all__ = [
+    "EMPTY",
+    "Cell",
+    "CellTracker",
+    "ContextScope",
+    "KeyedScope",
+    "Scope",
+    "Stats",
+    "ThreadScope",
+]
 
 logger = logging.getLogger("scoped_session")
 
@@ -35,16 +48,10 @@ logger = logging.getLogger("scoped_session")
 #: connection to its pool with a rollback) would talk on the parent's sockets.
 _inherited: list[object] = []
 
-#: This process's id, refreshed in a fork child before anything else can run.
-_pid = os.getpid()
-
-
-def _refresh_pid() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_refresh_pid)
+#: Whether the GIL serializes threads (it can be turned on at run time in a
+#: free-threaded build, never off): Cell.take() needs no lock of its own then.
+_GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
+_take_lock = threading.Lock()
 
 
 class Stats:
@@ -55,9 +62,12 @@ class Stats:
     cycle through the thread-local storage).
     """
 
-    __slots__ = ("created", "reaped", "removed")
+    __slots__ = ("created", "pid", "reaped", "removed")
 
     def __init__(self) -> None:
+        #: The process whose sessions these are: a cell whose stats name another
+        #: process was inherited through os.fork().
+        self.pid = os.getpid()
         self.created = 0
         self.removed = 0
         self.reaped = 0
@@ -66,14 +76,13 @@ class Stats:
 class Cell:
     """A slot that holds at most one session.
 
-    ``session`` is unset (reading it raises ``AttributeError``) while the cell is
-    empty. ``depth`` counts the units of work open on the cell (0: a session made
-    outside any unit). An ended unit's cell keeps ``prev``, the cell it shadowed,
-    so that the owner can get it back even when the unit was ended from another
-    thread.
+    ``session`` is ``None`` while the cell is empty. ``depth`` counts the units
+    of work open on the cell (0: a session made outside any unit). An ended
+    unit's cell keeps ``prev``, the cell it shadowed, so that the owner can get
+    it back even when the unit was ended from another thread.
     """
 
-    __slots__ = ("__weakref__", "depth", "ended", "pid", "prev", "session", "stats")
+    __slots__ = ("__weakref__", "depth", "ended", "prev", "session", "stats")
 
     session: t.Any
     depth: int
@@ -81,33 +90,45 @@ class Cell:
     prev: Cell | None
 
     def __init__(self, stats: Stats, prev: Cell | None = None, depth: int = 0) -> None:
+        self.session = None
         self.stats = stats
         self.prev = prev
         self.depth = depth
         self.ended = False
-        self.pid = _pid
 
-    def take(self) -> t.Any:
-        """Empty the cell and return what it held (``None`` when empty).
+    if _GIL:
 
-        Safe to race: of two threads taking at once, exactly one gets the
-        session, because ``del`` of an unset slot raises.
-        """
-        try:
+        def take(self) -> t.Any:
+            """Empty the cell and return what it held (``None`` when empty).
+
+            Safe to race: of two threads taking at once (an owner's
+            ``remove()`` and a server thread's end of the unit), exactly one
+            gets the session. With the GIL no other thread runs between these
+            two statements (no call, no allocation, no eval-breaker check);
+            without it, a lock does the same.
+            """
             session = self.session
-            del self.session
-        except AttributeError:
-            return None
-        return session
+            self.session = None
+            return session
+
+    else:  # pragma: no cover - free-threaded builds
+
+        def take(self) -> t.Any:
+            with _take_lock:
+                session = self.session
+                self.session = None
+            return session
 
     def __del__(self) -> None:
+        # Nobody else can reach a dying cell: no lock needed.
+        session = self.session
+        if session is None:
+            return
+        self.session = None
         try:
-            session = self.take()
-            if session is None:
-                return
             # The real pid, not the cache: in a fork child the dead threads'
             # storage is released before any after-fork hook has run.
-            if self.pid != os.getpid():
+            if self.stats.pid != os.getpid():
                 _inherited.append(session)
                 return
             self.stats.reaped += 1
@@ -121,10 +142,28 @@ class Cell:
             logger.exception("Closing a session left behind by its scope failed.")
 
 
+class _Empty:
+    """The cell of a caller who has none: it holds nothing and takes nothing."""
+
+    __slots__ = ()
+
+    session = None
+    depth = 0
+    ended = False
+    prev = None
+
+
+#: Stands where a scope has no cell for the caller, so that the proxy's read of
+#: ``slot.cell.session`` gives ``None`` instead of raising.
+EMPTY: t.Any = _Empty()
+
+
 class Scope(t.Protocol):
     """What the proxy needs from a scope."""
 
     kind: str
+    #: Whether ``release()`` keeps the cell (then the proxy does not call it).
+    keeps_cells: bool
 
     @property
     def slot(self) -> t.Any:
@@ -146,20 +185,26 @@ class Scope(t.Protocol):
         """Forget every cell without touching it (after ``os.fork()``)."""
 
 
-class _TrackedCells:
-    """Weak references to every cell a scope made, for ``remove_all()``."""
+class CellTracker:
+    """Weak references to every cell a scope made, for ``remove_all()``.
+
+    A plain set of weak references whose callback discards the dead ones: each
+    operation is a single C call, atomic without a lock of our own, and cheap
+    enough to pay once per unit of work.
+    """
+
+    __slots__ = ("_discard", "_refs")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._cells: weakref.WeakSet[Cell] = weakref.WeakSet()
+        self._refs: set[weakref.ref[Cell]] = set()
+        self._discard = self._refs.discard
 
     def add(self, cell: Cell) -> None:
-        with self._lock:
-            self._cells.add(cell)
+        self._refs.add(weakref.ref(cell, self._discard))
 
     def snapshot(self) -> list[Cell]:
-        with self._lock:
-            return list(self._cells)
+        cells = [ref() for ref in list(self._refs)]
+        return [cell for cell in cells if cell is not None]
 
 
 class ThreadScope:
@@ -170,21 +215,26 @@ class ThreadScope:
     """
 
     kind = "thread"
+    keeps_cells = True
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
         self.slot = threading.local()
-        self._tracked = _TrackedCells()
+        self._tracked = CellTracker()
 
     def get(self) -> Cell | None:
-        cell: Cell | None = getattr(self.slot, "cell", None)
-        return cell
+        try:
+            cell: Cell = self.slot.cell
+        except AttributeError:  # this thread has never had one
+            return None
+        return None if cell is EMPTY else cell
 
     def install(self, cell: Cell | None) -> None:
         if cell is None:
-            self.slot.__dict__.pop("cell", None)
+            # Set, not deleted: the next read stays on the fast path.
+            self.slot.cell = EMPTY
         else:
             self._tracked.add(cell)
             self.slot.cell = cell
@@ -202,28 +252,32 @@ class ContextScope:
     """One cell per ``contextvars`` context: a thread, an asyncio task, a greenlet."""
 
     kind = "context"
+    keeps_cells = True
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self._var: contextvars.ContextVar[Cell | None] = contextvars.ContextVar(
-            "scoped_session_cell"
-        )
+        self._var: contextvars.ContextVar[Cell] = contextvars.ContextVar("scoped_session_cell")
         # ``property(var.get)`` calls ``var.get(slot)``: the cell when one is set,
-        # else the slot itself, which has no ``session`` attribute. Either way the
-        # lookup stays in C, like the thread scope's.
-        slot_type = type("ContextSlot", (), {"__slots__": (), "cell": property(self._var.get)})
+        # else the slot itself, whose ``session`` is None like EMPTY's. Either way
+        # the lookup stays in C, like the thread scope's.
+        slot_type = type(
+            "ContextSlot", (), {"__slots__": (), "session": None, "cell": property(self._var.get)}
+        )
         self.slot = slot_type()
-        self._tracked = _TrackedCells()
+        self._tracked = CellTracker()
 
     def get(self) -> Cell | None:
-        return self._var.get(None)
+        cell = self._var.get(EMPTY)
+        return None if cell is EMPTY else cell
 
     def install(self, cell: Cell | None) -> None:
-        if cell is not None:
+        if cell is None:
+            self._var.set(EMPTY)
+        else:
             self._tracked.add(cell)
-        self._var.set(cell)
+            self._var.set(cell)
 
     def release(self, cell: Cell) -> None:
         pass  # kept for reuse, as in ThreadScope; it dies with its context
@@ -244,6 +298,7 @@ class KeyedScope:
     """One cell per key returned by a user's ``scopefunc`` (SQLAlchemy-compatible)."""
 
     kind = "scopefunc"
+    keeps_cells = False
 
     def __init__(self, scopefunc: t.Callable[[], object]) -> None:
         self.scopefunc = scopefunc
@@ -257,12 +312,10 @@ class KeyedScope:
         return self
 
     @property
-    def cell(self) -> Cell:
+    def cell(self) -> t.Any:
         key = self.scopefunc()
         try:
-            return self._cells[key]
-        except KeyError:
-            raise AttributeError("cell") from None
+            return self._cells.get(key, EMPTY)
         except TypeError:
             raise _unhashable(key, self.scopefunc) from None
 

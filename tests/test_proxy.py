@@ -203,7 +203,7 @@ def test_remove_all_closes_the_rest_when_one_fails(caplog: pytest.LogCaptureFixt
     assert all(s.closed == 1 for s in sessions)
     assert len([r for r in caplog.records if r.exc_info]) == 2
     assert Session._scope.cells() == [] or all(
-        not hasattr(c, "session") for c in Session._scope.cells()
+        c.session is None for c in Session._scope.cells()
     )
 
 
@@ -438,7 +438,7 @@ def test_get_remove_cycles_leave_no_entries() -> None:
         threaded()
         threaded.remove()
     assert len(threaded._scope.cells()) == 1  # one empty cell, reused
-    assert not any(hasattr(c, "session") for c in threaded._scope.cells())
+    assert all(c.session is None for c in threaded._scope.cells())
 
 
 def test_repr_names_the_scope_not_the_factory() -> None:
@@ -465,3 +465,109 @@ def test_bad_arguments(
 ) -> None:
     with pytest.raises(error, match=message):
         ScopedSession(*args, **kwargs)
+
+
+class TenantSession(TrivialSession):
+    """A session class with names of its own: one on the class, one only on
+    instances (set in ``__init__``), which no proxy can know in advance."""
+
+    def __init__(self, **kw: t.Any) -> None:
+        super().__init__(**kw)
+        self.tenant = "acme"
+
+    def tenant_name(self) -> str:
+        return self.tenant.upper()
+
+
+def test_names_only_the_session_has_are_forwarded_in_every_thread() -> None:
+    Session = ScopedSession(TenantSession)
+    # Before any session exists, and after: the first access makes one.
+    assert Session.tenant == "acme"
+    assert Session.tenant_name() == "ACME"
+    seen: list[object] = []
+
+    def fresh_thread() -> None:
+        seen.append(Session.tenant)
+        seen.append(Session.tenant_name())
+        Session.remove()
+
+    thread = threading.Thread(target=fresh_thread)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert seen == ["acme", "ACME"]
+    Session.remove()
+
+
+def test_proxy_class_variants_keep_the_public_class() -> None:
+    """The proxy switches its instance between subclasses made for speed;
+    users see the class they made."""
+    keyed = ScopedSession(TrivialSession, lambda: "key")
+    threaded = ScopedSession(TrivialSession)
+    for registry in (keyed, threaded):
+        registry()
+        assert isinstance(registry, ScopedSession)
+        assert type(registry).__name__ == "ScopedSession"
+        assert type(registry).__module__ == "scoped_session._proxy"
+        registry.close()
+        registry.remove()
+    assert repr(keyed) == "<ScopedSession scope=scopefunc>"
+
+
+def test_a_subclass_override_survives_a_custom_key() -> None:
+    calls: list[str] = []
+
+    class Audited(ScopedSession[TrivialSession]):
+        def close(self) -> None:
+            calls.append("close")
+            super().close()
+
+    Session = Audited(TrivialSession, lambda: "key")
+    Session()
+    Session.close()
+    assert calls == ["close"]
+    assert Session().closed == 1
+    Session.remove()
+
+
+def test_factory_returning_none_is_a_clear_error() -> None:
+    Session: ScopedSession[t.Any] = ScopedSession(lambda: None)
+    with pytest.raises(TypeError, match="returned None"):
+        Session()
+    assert not Session.registry.has()
+
+
+def test_settable_names_set_the_sessions_attribute(
+    Session: ScopedSession[TrivialSession],
+) -> None:
+    Session.autoflush = False
+    assert Session().autoflush is False  # type: ignore[attr-defined]
+    assert Session.autoflush is False
+    Session.remove()
+
+
+def test_a_later_session_type_with_more_names_is_forwarded_too() -> None:
+    """On Python 3.11 the proxy turns ``__getattr__`` off while the sessions it
+    has seen need nothing beyond its own members (see ``_learn``), and back on
+    when one does."""
+
+    class Plain:
+        def close(self) -> None:
+            pass
+
+    kinds: list[type[t.Any]] = [Plain, TenantSession]
+    Session: ScopedSession[t.Any] = ScopedSession(lambda: kinds.pop(0)())
+    assert isinstance(Session(), Plain)
+    with pytest.raises(AttributeError):
+        _ = Session.tenant  # Plain has none
+    Session.remove()
+    assert isinstance(Session(), TenantSession)
+    assert Session.tenant == "acme"
+    found: list[object] = []
+    thread = threading.Thread(target=lambda: found.append(hasattr(Session, "tenant_name")))
+    kinds.append(TenantSession)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert found == [True]
+    Session.remove_all()
