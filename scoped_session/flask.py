@@ -16,8 +16,9 @@
         return {"ok": True}     # committed before the response is sent
 
 A request's session is made on first use, committed (with ``commit=True``)
-once the response is ready and successful, and closed when the request is really
-over: at the end of the application context, or, for a response whose body is a
+once the response is ready and successful, before it is sent (a streamed
+response's once its body has run to its end), and closed when the request is
+really over: at the end of the application context, or, for a response whose body is a
 generator (``stream_with_context``), when that body is over or the server closes
 the response, whichever comes first. A ``with app.app_context():`` block (in a
 script, a CLI command, or nested in a request) gets a session of its own,
@@ -32,9 +33,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import threading
 import typing as t
-import weakref
 from types import GeneratorType
 
 from flask import Flask, Response
@@ -42,7 +41,7 @@ from flask.globals import _cv_app
 
 from ._exceptions import NoScopeError, ScopedSessionError
 from ._proxy import ScopedSession, _Closeable
-from ._scopes import Cell
+from ._scopes import Cell, CellTracker
 
 __all__ = ["FlaskScopedSession"]
 
@@ -100,6 +99,7 @@ class AppContextScope:
     """
 
     kind = "flask"
+    keeps_cells = True
 
     def __init__(self) -> None:
         self.reset()
@@ -114,14 +114,15 @@ class AppContextScope:
 
         def cell(slot: object) -> t.Any:
             # Without a context, or without a cell on it, this returns the slot
-            # itself, which has no ``session``: the proxy's read raises
-            # AttributeError and goes to the slow path, as ContextScope's does.
+            # itself, whose ``session`` is None: the proxy goes to the slow
+            # path, as with ContextScope.
             return getattr(get_context(None), cell_attr, slot)
 
-        slot_type = type("FlaskSlot", (), {"__slots__": (), "cell": property(cell)})
+        slot_type = type(
+            "FlaskSlot", (), {"__slots__": (), "session": None, "cell": property(cell)}
+        )
         self.slot = slot_type()
-        self._lock = threading.Lock()
-        self._cells: weakref.WeakSet[Cell] = weakref.WeakSet()
+        self._tracked = CellTracker()
 
     def get(self) -> Cell | None:
         context = _cv_app.get(None)
@@ -141,15 +142,13 @@ class AppContextScope:
         setattr(context, self.cell_attr, cell)
 
     def track(self, cell: Cell) -> None:
-        with self._lock:
-            self._cells.add(cell)
+        self._tracked.add(cell)
 
     def release(self, cell: Cell) -> None:
         pass  # an empty cell stays for reuse; it dies with its context
 
     def cells(self) -> list[Cell]:
-        with self._lock:
-            return list(self._cells)
+        return self._tracked.snapshot()
 
 
 class FlaskScopedSession(ScopedSession[S]):
@@ -160,10 +159,14 @@ class FlaskScopedSession(ScopedSession[S]):
     :param app: register on this app now (same as calling :meth:`init_app`).
     :param commit: commit a request's session after a successful response
         (no exception, status below 400) before it is sent; otherwise it is
-        rolled back. ``None`` (the default) reads the app's
+        rolled back. A streamed response (a generator body) is committed when
+        its body has run to its end, as the body may still read results the
+        view opened; a client that leaves mid-stream rolls it all back. ``None`` (the default) reads the app's
         ``SCOPED_SESSION_COMMIT`` config key, ``False`` when unset. Contexts
         without a response (scripts, CLI commands) never commit on their own.
     """
+
+    __slots__ = ("_commit_default", "_flask_scope")
 
     def __init__(
         self,
@@ -251,19 +254,24 @@ class FlaskScopedSession(ScopedSession[S]):
         found = context.__dict__
         scope = self._flask_scope
         commit = commit and response.status_code < 400
+        # A generator body may run later in this context (stream_with_context
+        # pushes it again), or read through results and objects of this
+        # session. Other bodies cannot: an error page made by Flask, a file
+        # (whose response's close() is not even called with direct_passthrough).
+        if type(response.response) is GeneratorType and not response.direct_passthrough:
+            # Its commit waits until the body has run to its end: committing now
+            # would hand the session's connection back to the pool while the
+            # body may still read a result the view opened on it, and another
+            # request could get that connection meanwhile.
+            deferred = _Deferred(commit)
+            setattr(context, scope.state_attr, deferred)
+            response.call_on_close(functools.partial(self._close_deferred, context, deferred))
+            return response
         if commit:
             session = getattr(found.get(scope.cell_attr), "session", None)
             if session is not None:
                 # Raising here turns into a logged 500 response, by Flask.
                 session.commit()
-        # A generator body may run later in this context (stream_with_context
-        # pushes it again), or read through objects loaded by this session.
-        # Other bodies cannot: an error page made by Flask, a file (whose
-        # response's close() is not even called with direct_passthrough).
-        if type(response.response) is GeneratorType and not response.direct_passthrough:
-            deferred = _Deferred(commit)
-            setattr(context, scope.state_attr, deferred)
-            response.call_on_close(functools.partial(self._close_deferred, context, deferred))
         return response
 
     def _close_deferred(self, context: t.Any, deferred: _Deferred) -> None:

@@ -270,7 +270,7 @@ def test_stream_uses_the_view_session_and_closes_it_once(db: Database) -> None:
     assert session.closes == 1
     response.close()
     assert session.closes == 1
-    # The view's write was committed before the body ran, the body's at close.
+    # The view's write and the body's were committed once the body was over.
     assert db.count_notes() == 2
     assert_clean(db, Session)
 
@@ -286,9 +286,36 @@ def test_stream_closed_by_a_client_that_went_away(db: Database) -> None:
     session = seen["view"]
     assert session.closes == 1
     assert seen["teardowns"][-1] == ("GeneratorExit", 0)
-    # The view's note was committed before the response; the body's was not.
-    with db.engine.connect() as conn:
-        assert conn.scalars(sa.select(Note.text)).all() == ["view"]
+    # A stream cut short is rolled back as a whole: the view's note too.
+    assert db.count_notes() == 0
+    assert_clean(db, Session)
+
+
+def test_stream_reads_a_result_the_view_opened_inside_its_transaction(db: Database) -> None:
+    """With commit=True the commit waits for the body: committing before it
+    would hand the connection under the view's open result to the pool."""
+    app, Session, _ = make(db.engine, commit=True)
+    with Session.session_factory() as setup:
+        setup.add_all([Note(text=f"n{i}") for i in range(3)])
+        setup.commit()
+    during: list[tuple[bool, int]] = []
+
+    @app.get("/export")
+    def export() -> Response:
+        notes = Session.scalars(sa.select(Note).order_by(Note.id))  # read lazily
+
+        def body() -> t.Iterator[str]:
+            for note in notes:
+                during.append((Session.in_transaction(), db.checkedout()))
+                yield note.text + "\n"
+            Session.add(Note(text="exported"))
+
+        return Response(stream_with_context(body()))
+
+    with app.test_client().get("/export") as response:
+        assert response.data == b"n0\nn1\nn2\n"
+    assert during == [(True, 1)] * 3
+    assert db.count_notes() == 4  # the body ran to its end: committed
     assert_clean(db, Session)
 
 
