@@ -161,8 +161,9 @@ class FlaskScopedSession(ScopedSession[S]):
         (no exception, status below 400) before it is sent; otherwise it is
         rolled back. A streamed response (a generator body) is committed when
         its body has run to its end, as the body may still read results the
-        view opened; a client that leaves mid-stream rolls it all back. ``None`` (the default) reads the app's
-        ``SCOPED_SESSION_COMMIT`` config key, ``False`` when unset. Contexts
+        view opened; a client that leaves mid-stream rolls it all back.
+        ``None`` (the default) reads the app's ``SCOPED_SESSION_COMMIT``
+        config key, ``False`` when unset. Contexts
         without a response (scripts, CLI commands) never commit on their own.
     """
 

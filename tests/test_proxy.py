@@ -202,9 +202,7 @@ def test_remove_all_closes_the_rest_when_one_fails(caplog: pytest.LogCaptureFixt
     assert len(info.value.exceptions) == 2
     assert all(s.closed == 1 for s in sessions)
     assert len([r for r in caplog.records if r.exc_info]) == 2
-    assert Session._scope.cells() == [] or all(
-        c.session is None for c in Session._scope.cells()
-    )
+    assert Session._scope.cells() == [] or all(c.session is None for c in Session._scope.cells())
 
 
 def test_configure_warns_when_a_session_exists_in_any_thread() -> None:
