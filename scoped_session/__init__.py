@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from ._exceptions import NoScopeError, ScopedSessionError, SessionAlreadyPresent
-from ._proxy import QueryProperty, ScopedSession, UnitOfWork, scoped_session
+from ._proxy import QueryProperty, ScopedSession, SessionStats, UnitOfWork, scoped_session
 
 __all__ = [
     "NoScopeError",
@@ -18,6 +18,7 @@ __all__ = [
     "ScopedSession",
     "ScopedSessionError",
     "SessionAlreadyPresent",
+    "SessionStats",
     "UnitOfWork",
     "scoped_session",
 ]

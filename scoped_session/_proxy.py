@@ -15,20 +15,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
 import os
 import sys
 import threading
+import types
 import typing as t
 import warnings
 import weakref
 
-from ._exceptions import ScopedSessionError, SessionAlreadyPresent
+from ._exceptions import NoScopeError, ScopedSessionError, SessionAlreadyPresent
 from ._scopes import Cell, ContextScope, KeyedScope, Scope, Stats, ThreadScope
 
-__all__ = ["QueryProperty", "ScopedSession", "UnitOfWork", "scoped_session"]
+__all__ = [
+    "QueryProperty",
+    "ScopedSession",
+    "SessionStats",
+    "UnitOfWork",
+    "scoped_session",
+]
 
 logger = logging.getLogger("scoped_session")
 
@@ -273,6 +281,51 @@ def _variant(public: type[t.Any], keyed: bool, locked: bool, hooked: bool) -> ty
     return cls
 
 
+#: Where the library's own code lives: a creation site is the first frame
+#: outside it (the generated proxy members have "<scoped_session ..." names).
+_OWN_CODE = (os.path.dirname(os.path.abspath(__file__)) + os.sep, "<scoped_session")
+
+
+def _creation_site() -> tuple[str, int] | None:
+    """The file and line of the code that made a session (for reap warnings)."""
+    frame: types.FrameType | None = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith(_OWN_CODE):
+        frame = frame.f_back
+    if frame is None:
+        return None
+    return frame.f_code.co_filename, frame.f_lineno
+
+
+def _caller_label(kind: str) -> str:
+    """Name the caller's scope, for a cell made outside a unit of work."""
+    thread = threading.current_thread().name
+    if kind == "context":
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no running event loop in this thread
+            task = None
+        if task is not None:
+            return f"the task {task.get_name()!r} (thread {thread!r})"
+        return f"a context of the thread {thread!r}"
+    if kind == "thread":
+        return f"the thread {thread!r}"
+    return f"a {kind} scope (thread {thread!r})"
+
+
+class SessionStats(t.NamedTuple):
+    """Counts of a ScopedSession's sessions (see :meth:`ScopedSession.stats`)."""
+
+    #: Sessions held right now, in every scope.
+    live: int
+    #: Sessions made by the factory.
+    created: int
+    #: Sessions closed by ``remove()``, ``remove_all()`` or the end of a unit.
+    removed: int
+    #: Sessions closed by a backstop: a thread or context that ended without
+    #: ``remove()``, a response never closed, a stale unit of work.
+    reaped: int
+
+
 class ScopedSession(t.Generic[S]):
     """A registry of sessions, one per thread, context or custom key, and a proxy
     to the caller's session.
@@ -285,6 +338,9 @@ class ScopedSession(t.Generic[S]):
     :param scope: ``"thread"`` (the default): a session per OS thread;
         ``"context"``: a session per :mod:`contextvars` context (thread, asyncio
         task, greenlet).
+    :param strict: make sessions only inside a unit of work (``Session.scope()``
+        or an integration's): use of the proxy anywhere else raises
+        :class:`NoScopeError` instead of making a session nobody will remove.
     """
 
     __slots__ = (
@@ -302,6 +358,7 @@ class ScopedSession(t.Generic[S]):
         "_seen_types",
         "_slot",
         "_stats",
+        "_strict",
         "registry",
         "session_factory",
     )
@@ -314,6 +371,7 @@ class ScopedSession(t.Generic[S]):
         scopefunc: t.Callable[[], object] | None = None,
         *,
         scope: str | None = None,
+        strict: bool = False,
     ) -> None:
         if not callable(session_factory):
             raise TypeError(
@@ -337,7 +395,10 @@ class ScopedSession(t.Generic[S]):
                 " the default) or scope='context' (per contextvars context: thread,"
                 " asyncio task, greenlet), or a scopefunc for a custom key."
             )
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict must be True or False, not {type(strict).__name__}.")
         self.session_factory = session_factory
+        self._strict = strict
         self._stats = Stats()
         self.registry = _Registry(self)
         # The class the caller made; the instance may be switched to a variant
@@ -437,6 +498,15 @@ class ScopedSession(t.Generic[S]):
                         " to start a new session with them."
                     )
                 return session
+        implicit = cell is None or not cell.depth
+        if implicit and self._strict:
+            raise NoScopeError(
+                "This ScopedSession is strict: a session is made only inside a unit"
+                " of work, and the caller has none. Wrap the work in"
+                " 'with Session.scope():' (or @Session.scope()), or run it under an"
+                " integration (the WSGI middleware, the Flask extension, a"
+                " ScopedThreadPoolExecutor) that opens one."
+            )
         # Make the session before touching the registry: a factory that raises
         # leaves nothing behind.
         session = self.session_factory(**kw)
@@ -447,7 +517,12 @@ class ScopedSession(t.Generic[S]):
             )
         if cell is None:
             cell = Cell(self._stats)
+            cell.label = _caller_label(scope.kind)
             scope.install(cell)
+        if implicit:
+            # Only a session made outside a unit of work can be left for a
+            # finalizer to close: remember where, for its warning.
+            cell.origin = _creation_site()
         cell.session = session
         self._stats.created += 1
         if not _GETATTR_IS_FREE and type(session) is not self._last_type:
@@ -492,6 +567,13 @@ class ScopedSession(t.Generic[S]):
         taken = [s for s in (cell.take() for cell in self._scope.cells()) if s is not None]
         self._stats.removed += len(taken)
         return _close_all(taken, "remove_all()")
+
+    def stats(self) -> SessionStats:
+        """Counts of this registry's sessions: live now, and made, removed and
+        reaped (closed by a backstop) so far in this process."""
+        stats = self._stats
+        live = sum(1 for cell in self._scope.cells() if cell.session is not None)
+        return SessionStats(live, stats.created, stats.removed, stats.reaped)
 
     def configure(self, **kwargs: t.Any) -> None:
         """Reconfigure the session factory (``session_factory.configure(**kwargs)``).
@@ -650,11 +732,16 @@ class UnitOfWork(t.Generic[S]):
     ends this unit, not the calling thread's, and calling it again does nothing.
     """
 
-    __slots__ = ("_cell", "_open", "_scoped", "commit", "joined")
+    __slots__ = ("_cell", "_label", "_open", "_scoped", "commit", "joined")
 
-    def __init__(self, scoped: ScopedSession[S], commit: bool = False) -> None:
+    def __init__(
+        self, scoped: ScopedSession[S], commit: bool = False, label: object = None
+    ) -> None:
         self._scoped = scoped
         self.commit = commit
+        #: What the unit is for, named in a reap warning: a string, a WSGI
+        #: environ (its request), or a callable (its job).
+        self._label = label
         self._cell: Cell | None = None
         self.joined = False
         # Popped exactly once by end(), whichever thread gets there first.
@@ -679,6 +766,8 @@ class UnitOfWork(t.Generic[S]):
             # A session made outside any unit is shadowed, not adopted: the unit
             # starts fresh and the old session comes back when the unit ends.
             self._cell = cell = Cell(scoped._stats, outer, 1)
+            if self._label is not None:
+                cell.label = self._label
             scope.install(cell)
         self._open.append(True)
         return self
@@ -694,7 +783,13 @@ class UnitOfWork(t.Generic[S]):
         cell = self._cell
         return None if cell is None else cell.session
 
-    def end(self, error: BaseException | None = None, *, commit: bool | None = None) -> None:
+    def end(
+        self,
+        error: BaseException | None = None,
+        *,
+        commit: bool | None = None,
+        reaped: bool = False,
+    ) -> None:
         """End the unit: commit (when asked and ``error`` is None), close, forget.
 
         A joined unit only leaves. A failed commit or close is logged and raised,
@@ -703,6 +798,8 @@ class UnitOfWork(t.Generic[S]):
 
         :param error: the exception the unit's work raised, if any.
         :param commit: overrides the unit's ``commit`` flag.
+        :param reaped: the end comes from a backstop (a response never closed,
+            a stale unit): counted in ``stats().reaped``, not ``removed``.
         """
         try:
             self._open.pop()
@@ -730,7 +827,10 @@ class UnitOfWork(t.Generic[S]):
             session = cell.take()
             self._finish(cell)
             if session is not None:
-                self._scoped._stats.removed += 1
+                if reaped:
+                    self._scoped._stats.reaped += 1
+                else:
+                    self._scoped._stats.removed += 1
                 try:
                     session.close()
                 except Exception as exc:

@@ -82,12 +82,18 @@ class Cell:
     it back even when the unit was ended from another thread.
     """
 
-    __slots__ = ("__weakref__", "depth", "ended", "prev", "session", "stats")
+    __slots__ = ("__weakref__", "depth", "ended", "label", "origin", "prev", "session", "stats")
 
     session: t.Any
     depth: int
     ended: bool
     prev: Cell | None
+    #: What the cell is for (a thread's name, a WSGI environ, a job), for the
+    #: reap warning; unset unless its maker had one at hand.
+    label: object
+    #: Where its session was made outside a unit of work: (file, line); unset
+    #: otherwise. Neither is set on the hot paths' behalf.
+    origin: tuple[str, int] | None
 
     def __init__(self, stats: Stats, prev: Cell | None = None, depth: int = 0) -> None:
         self.session = None
@@ -133,13 +139,35 @@ class Cell:
                 return
             self.stats.reaped += 1
             logger.warning(
-                "A session was closed by its cell's finalizer (its thread or context"
-                " ended without remove()); call remove() or use Session.scope()."
+                "A session was closed by its cell's finalizer: %s ended without"
+                " remove()%s. Call Session.remove() at its end, or use"
+                " Session.scope() or an integration.",
+                describe(getattr(self, "label", None), self.depth),
+                origin_text(getattr(self, "origin", None)),
             )
             session.close()
         except Exception:
             # A finalizer must not raise; the failure is logged, never lost.
             logger.exception("Closing a session left behind by its scope failed.")
+
+
+def describe(label: object, depth: int = 0) -> str:
+    """Name the scope a cell belonged to, from the label its maker gave it: a
+    string as it is, a WSGI environ as its request, a callable as its job."""
+    if label is None:
+        return "a unit of work" if depth else "its thread or context"
+    if isinstance(label, str):
+        return label
+    if isinstance(label, dict):
+        method = label.get("REQUEST_METHOD", "?")
+        path = label.get("SCRIPT_NAME", "") + label.get("PATH_INFO", "")
+        return f"the request {method} {path}"
+    name = getattr(label, "__qualname__", None) or type(label).__qualname__
+    return f"the job {name}"
+
+
+def origin_text(origin: tuple[str, int] | None) -> str:
+    return "" if origin is None else f" (the session was made at {origin[0]}:{origin[1]})"
 
 
 class _Empty:

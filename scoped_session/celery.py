@@ -79,7 +79,7 @@ class _Wiring:
             return
         units: list[UnitOfWork[t.Any]] = []
         for scoped in self.sessions:
-            units.append(UnitOfWork(scoped, self.commit).start())
+            units.append(UnitOfWork(scoped, self.commit, f"the task {task.name}").start())
         # The request is per task run and per thread, and nested eager runs
         # (a retry run eagerly) push their own: no global map to leak from.
         setattr(task.request, self.attr, units)

@@ -207,7 +207,7 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
         units: list[UnitOfWork[t.Any]] = []
         try:
             for scoped in self._sessions:
-                units.append(UnitOfWork(scoped, self._commit).start())
+                units.append(UnitOfWork(scoped, self._commit, fn).start())
             result = fn(*args, **kwargs)
         except BaseException as exc:
             _end_units(units, exc)
@@ -254,7 +254,8 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
         with self._states_lock:
             if self._closing:
                 return None
-            state = _ThreadUnits([UnitOfWork(s).start() for s in self._sessions])
+            label = f"the worker thread {threading.current_thread().name!r}"
+            state = _ThreadUnits([UnitOfWork(s, False, label).start() for s in self._sessions])
             self._states.append(state)
         self._local.state = state
         return state

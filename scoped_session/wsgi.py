@@ -130,7 +130,7 @@ class ScopedSessionMiddleware:
         pending = record.pending
         if pending is not None and pending[0]:
             _end_stale(pending)
-        units = _start(self.sessions)
+        units = _start(self.sessions, environ)
         if self.commit:
             return self._call_committing(environ, start_response, units)
         try:
@@ -184,13 +184,14 @@ class ScopedSessionMiddleware:
         return response
 
 
-def _start(sessions: tuple[ScopedSession[t.Any], ...]) -> _Units:
+def _start(sessions: tuple[ScopedSession[t.Any], ...], environ: WSGIEnvironment) -> _Units:
+    # The environ labels each unit: a reap warning names its request.
     if len(sessions) == 1:
-        return (UnitOfWork(sessions[0]).start(),)
+        return (UnitOfWork(sessions[0], False, environ).start(),)
     started: list[UnitOfWork[t.Any]] = []
     try:
         for scoped in sessions:
-            started.append(UnitOfWork(scoped).start())
+            started.append(UnitOfWork(scoped, False, environ).start())
     except BaseException:
         _end_all(tuple(started), False, None)
         raise
@@ -203,14 +204,16 @@ def _where(environ: WSGIEnvironment | None) -> str:
     return f"{environ.get('REQUEST_METHOD', '?')} {environ.get('PATH_INFO', '')}"
 
 
-def _end_all(units: _Units, commit: bool, environ: WSGIEnvironment | None) -> list[BaseException]:
+def _end_all(
+    units: _Units, commit: bool, environ: WSGIEnvironment | None, reaped: bool = False
+) -> list[BaseException]:
     """End every unit, committing while ``commit`` holds: after a failure the
     rest roll back. Every failure is logged with the request's method and path
-    and returned."""
+    and returned. ``reaped``: a backstop ends them (counted as reaped)."""
     failures: list[BaseException] = []
     for unit in units:
         try:
-            unit.end(commit=commit)
+            unit.end(commit=commit, reaped=reaped)
         except BaseException as exc:
             if commit:
                 logger.error(
@@ -227,9 +230,11 @@ def _end_all(units: _Units, commit: bool, environ: WSGIEnvironment | None) -> li
     return failures
 
 
-def _end_or_raise(units: _Units, commit: bool, environ: WSGIEnvironment) -> None:
+def _end_or_raise(
+    units: _Units, commit: bool, environ: WSGIEnvironment, reaped: bool = False
+) -> None:
     """End every unit; raise the failure (or a group of them) when any failed."""
-    failures = _end_all(units, commit, environ)
+    failures = _end_all(units, commit, environ, reaped)
     if len(failures) == 1:
         raise failures[0]
     if failures:
@@ -253,7 +258,7 @@ def _end_stale(pending: tuple[list[bool], _Units, WSGIEnvironment]) -> None:
         " Closed it now (rolled back). Use a server that calls close() (PEP 3333).",
         _where(environ),
     )
-    _end_all(stale, False, environ)
+    _end_all(stale, False, environ, reaped=True)
 
 
 def _close_quietly(body: object) -> None:
@@ -326,7 +331,7 @@ class _Response:
     def _commit_at_close(self) -> bool:
         return False
 
-    def _close(self, commit: bool) -> None:
+    def _close(self, commit: bool, reaped: bool = False) -> None:
         close = getattr(self._body, "close", None)
         if close is not None:
             try:
@@ -334,7 +339,7 @@ class _Response:
             except BaseException:
                 _roll_back(self._units, self._environ)
                 raise
-        _end_or_raise(self._units, commit, self._environ)
+        _end_or_raise(self._units, commit, self._environ, reaped)
 
     def __del__(self) -> None:
         if not self._open:
@@ -356,7 +361,7 @@ class _Response:
                 )
         finally:
             try:
-                self._close(False)
+                self._close(False, reaped=True)
             except Exception:
                 logger.error("Ending a collected response's unit of work failed.", exc_info=True)
 

@@ -569,3 +569,76 @@ def test_a_later_session_type_with_more_names_is_forwarded_too() -> None:
     assert not thread.is_alive()
     assert found == [True]
     Session.remove_all()
+
+
+# -- diagnostics --------------------------------------------------------------
+
+
+def test_stats_count_live_created_removed_and_reaped(caplog: pytest.LogCaptureFixture) -> None:
+    Session = ScopedSession(TrivialSession)
+    assert Session.stats() == scoped_session.SessionStats(0, 0, 0, 0)
+    Session()
+    with Session.scope():
+        Session()
+        assert Session.stats().live == 2
+    Session.remove()
+
+    def forget() -> None:
+        Session()  # and the thread ends without remove()
+
+    thread = threading.Thread(target=forget, name="forgetful")
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert Session.stats() == scoped_session.SessionStats(live=0, created=3, removed=2, reaped=1)
+
+
+def test_a_reap_names_the_thread_and_where_the_session_was_made(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    Session = ScopedSession(TrivialSession)
+
+    def forget() -> None:
+        Session.commit()  # the session is made here, through the proxy
+
+    line = forget.__code__.co_firstlineno + 1
+    thread = threading.Thread(target=forget, name="forgetful-worker")
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive()
+    (record,) = [r for r in caplog.records if "finalizer" in r.getMessage()]
+    message = record.getMessage()
+    assert "the thread 'forgetful-worker'" in message
+    assert f"{__file__}:{line}" in message
+    assert record.levelno == logging.WARNING
+
+
+def test_a_reaped_unit_is_named_by_its_label(caplog: pytest.LogCaptureFixture) -> None:
+    Session = ScopedSession(TrivialSession)
+    environ = {"REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": "/notes"}
+
+    def leak() -> None:
+        UnitOfWork(Session, label=environ).start()  # never ended
+        Session()
+
+    thread = threading.Thread(target=leak)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert "the request POST /notes ended without remove()" in caplog.text
+    assert Session.stats().reaped == 1
+
+
+def test_strict_refuses_sessions_outside_a_unit_of_work() -> None:
+    Session = ScopedSession(TrivialSession, strict=True)
+    with pytest.raises(scoped_session.NoScopeError, match=r"Session\.scope\(\)"):
+        Session()
+    with pytest.raises(scoped_session.NoScopeError):
+        Session.commit()
+    assert Session.stats().created == 0
+    with Session.scope(commit=True) as session:
+        assert Session() is session
+    assert session.committed == 1
+    assert Session.stats() == scoped_session.SessionStats(0, 1, 1, 0)
+    with pytest.raises(TypeError, match="strict must be True or False"):
+        ScopedSession(TrivialSession, strict="yes")  # type: ignore[arg-type]

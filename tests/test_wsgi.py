@@ -399,6 +399,7 @@ def test_an_unclosed_response_that_is_collected_ends_its_unit_with_a_resource_wa
         del response  # CPython finalizes it here: nothing else refers to it
     assert [s.closed for s in rec.made] == [1]
     assert not Session.registry.has()
+    assert Session.stats().reaped == 1  # closed by a backstop
 
 
 def test_a_stale_unit_is_ended_by_the_threads_next_request(
@@ -421,6 +422,7 @@ def test_a_stale_unit_is_ended_by_the_threads_next_request(
     assert views[0].closed == 1
     assert views[1] is not views[0]  # a fresh session, not joined to the stale unit
     assert views[1].closed == 1
+    assert Session.stats()[1:] == (2, 1, 1)  # created, removed, reaped
     messages = [r.getMessage() for r in caplog.records if r.name == "scoped_session"]
     assert len(messages) == 1
     assert "GET /never-closed was never closed" in messages[0]
