@@ -28,7 +28,7 @@ import warnings
 import weakref
 
 from ._exceptions import NoScopeError, ScopedSessionError, SessionAlreadyPresent
-from ._scopes import Cell, ContextScope, KeyedScope, Scope, Stats, ThreadScope
+from ._scopes import EMPTY, Cell, ContextScope, KeyedScope, Scope, Stats, ThreadScope
 
 __all__ = [
     "QueryProperty",
@@ -212,7 +212,9 @@ def _proxy_namespace(kind: str) -> dict[str, t.Any]:
         source.append(_GET_TEMPLATE.format(name=name, lookup=lookup, errors=errors))
         source.append(_SET_TEMPLATE.format(name=name))
     code: dict[str, t.Any] = {}
-    exec(compile("".join(source), f"<scoped_session proxy: {kind}>", "exec"), {}, code)
+    # Module globals: a frame of the generated code is known as the library's
+    # own by them (see _create).
+    exec(compile("".join(source), f"<scoped_session proxy: {kind}>", "exec"), _GLOBALS, code)
     namespace: dict[str, t.Any] = {"__call__": code["__call__"]}
     for name in _CALLS:
         method = code[name]
@@ -281,19 +283,9 @@ def _variant(public: type[t.Any], keyed: bool, locked: bool, hooked: bool) -> ty
     return cls
 
 
-#: Where the library's own code lives: a creation site is the first frame
-#: outside it (the generated proxy members have "<scoped_session ..." names).
-_OWN_CODE = (os.path.dirname(os.path.abspath(__file__)) + os.sep, "<scoped_session")
-
-
-def _creation_site() -> tuple[str, int] | None:
-    """The file and line of the code that made a session (for reap warnings)."""
-    frame: types.FrameType | None = sys._getframe(2)
-    while frame is not None and frame.f_code.co_filename.startswith(_OWN_CODE):
-        frame = frame.f_back
-    if frame is None:
-        return None
-    return frame.f_code.co_filename, frame.f_lineno
+#: This module's globals: a frame that runs with them is the library's own, as
+#: are the generated proxy members' (see _create, _proxy_namespace).
+_GLOBALS = globals()
 
 
 def _caller_label(kind: str) -> str:
@@ -347,6 +339,7 @@ class ScopedSession(t.Generic[S]):
         "__weakref__",
         "_create_lock",
         "_hooked",
+        "_keeps_cells",
         "_keyed",
         "_keyed_cells",
         "_keyed_func",
@@ -423,6 +416,7 @@ class ScopedSession(t.Generic[S]):
         of their own, like Flask's application context, call this)."""
         self._scope = scope
         self._slot = scope.slot
+        self._keeps_cells = scope.keeps_cells
         keyed = isinstance(scope, KeyedScope)
         # Two threads can share a custom key; the slow path must not race there.
         self._create_lock = threading.RLock() if keyed else None
@@ -484,21 +478,22 @@ class ScopedSession(t.Generic[S]):
         threads may share, the instance's class is a variant that takes a lock
         around this (see ``_locked_create``).
         """
-        scope = self._scope
-        cell = scope.get()
-        if cell is not None and cell.ended:
-            cell = self._resolve()
-        if cell is not None:
-            session: S | None = cell.session
-            if session is not None:
-                if kw:
-                    raise SessionAlreadyPresent(
-                        "A scoped session is already present; keyword arguments"
-                        " apply only when the session is made. Call remove() first"
-                        " to start a new session with them."
-                    )
-                return session
-        implicit = cell is None or not cell.depth
+        try:
+            cell = self._slot.cell
+        except AttributeError:  # a thread's first use
+            cell = EMPTY
+        if cell.ended:
+            cell = self._resolve() or EMPTY
+        session: S | None = cell.session
+        if session is not None:
+            if kw:
+                raise SessionAlreadyPresent(
+                    "A scoped session is already present; keyword arguments"
+                    " apply only when the session is made. Call remove() first"
+                    " to start a new session with them."
+                )
+            return session
+        implicit = not cell.depth
         if implicit and self._strict:
             raise NoScopeError(
                 "This ScopedSession is strict: a session is made only inside a unit"
@@ -515,14 +510,23 @@ class ScopedSession(t.Generic[S]):
                 "The session factory returned None; it must return a new session"
                 " object (such as sqlalchemy.orm.sessionmaker(bind=engine) does)."
             )
-        if cell is None:
+        if not cell.is_cell:
+            scope = self._scope
             cell = Cell(self._stats)
             cell.label = _caller_label(scope.kind)
             scope.install(cell)
         if implicit:
             # Only a session made outside a unit of work can be left for a
-            # finalizer to close: remember where, for its warning.
-            cell.origin = _creation_site()
+            # finalizer to close: remember where, for its warning. Two frames
+            # up is the caller of the proxy member that called this, unless
+            # that is the library's own code too (then walk on).
+            frame: types.FrameType | None = sys._getframe(2)
+            while frame is not None and frame.f_globals is _GLOBALS:
+                frame = frame.f_back
+            if frame is not None:
+                # The line number is worked out only for a warning: it costs
+                # more to compute than everything else here.
+                cell.origin = (frame.f_code, frame.f_lasti)
         cell.session = session
         self._stats.created += 1
         if not _GETATTR_IS_FREE and type(session) is not self._last_type:
@@ -546,15 +550,15 @@ class ScopedSession(t.Generic[S]):
 
         A cell outside any unit of work is released with it; a unit's cell stays.
         """
-        scope = self._scope
-        cell = scope.get()
-        if cell is not None and cell.ended:
-            cell = self._resolve()
-        if cell is None:
+        try:
+            cell = self._slot.cell
+        except AttributeError:  # this thread never had one
             return None
-        session: S | None = cell.take()
-        if cell.depth == 0 and not scope.keeps_cells:
-            scope.release(cell)
+        if cell.ended:
+            cell = self._resolve() or EMPTY
+        session: S | None = None if cell.session is None else cell.take()
+        if not (cell.depth or self._keeps_cells) and cell.is_cell:
+            self._scope.release(cell)
         return session
 
     def remove_all(self) -> int:
@@ -732,7 +736,7 @@ class UnitOfWork(t.Generic[S]):
     ends this unit, not the calling thread's, and calling it again does nothing.
     """
 
-    __slots__ = ("_cell", "_label", "_open", "_scoped", "commit", "joined")
+    __slots__ = ("_cell", "_label", "_open", "_scoped", "commit", "committed", "joined")
 
     def __init__(
         self, scoped: ScopedSession[S], commit: bool = False, label: object = None
@@ -744,6 +748,9 @@ class UnitOfWork(t.Generic[S]):
         self._label = label
         self._cell: Cell | None = None
         self.joined = False
+        #: Whether end() committed the unit's session (a later close() may
+        #: still have failed).
+        self.committed = False
         # Popped exactly once by end(), whichever thread gets there first.
         self._open: list[bool] = []
 
@@ -821,6 +828,7 @@ class UnitOfWork(t.Generic[S]):
         try:
             if session is not None and commit and error is None:
                 session.commit()
+                self.committed = True
         except BaseException as exc:
             failure = exc
         finally:

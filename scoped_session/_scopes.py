@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 import threading
+import types
 import typing as t
 import weakref
 
@@ -34,6 +35,7 @@ __all__ = [
     "EMPTY",
     "Cell",
     "CellTracker",
+    "NoCell",
     "ContextScope",
     "KeyedScope",
     "Scope",
@@ -84,6 +86,8 @@ class Cell:
 
     __slots__ = ("__weakref__", "depth", "ended", "label", "origin", "prev", "session", "stats")
 
+    is_cell = True
+
     session: t.Any
     depth: int
     ended: bool
@@ -91,9 +95,9 @@ class Cell:
     #: What the cell is for (a thread's name, a WSGI environ, a job), for the
     #: reap warning; unset unless its maker had one at hand.
     label: object
-    #: Where its session was made outside a unit of work: (file, line); unset
-    #: otherwise. Neither is set on the hot paths' behalf.
-    origin: tuple[str, int] | None
+    #: Where its session was made outside a unit of work: (code, offset of the
+    #: instruction); unset otherwise.
+    origin: tuple[types.CodeType, int] | None
 
     def __init__(self, stats: Stats, prev: Cell | None = None, depth: int = 0) -> None:
         self.session = None
@@ -166,24 +170,40 @@ def describe(label: object, depth: int = 0) -> str:
     return f"the job {name}"
 
 
-def origin_text(origin: tuple[str, int] | None) -> str:
-    return "" if origin is None else f" (the session was made at {origin[0]}:{origin[1]})"
+def origin_text(origin: tuple[types.CodeType, int] | None) -> str:
+    """Where a session was made, from the code object and the offset of the
+    instruction that made it."""
+    if origin is None:
+        return ""
+    code, offset = origin
+    line = next(
+        (line for start, end, line in code.co_lines() if start <= offset < end),
+        code.co_firstlineno,
+    )
+    return f" (the session was made at {code.co_filename}:{line})"
 
 
-class _Empty:
-    """The cell of a caller who has none: it holds nothing and takes nothing."""
+class NoCell:
+    """Stands for a cell where the caller has none: it holds nothing and takes
+    nothing, so that the proxy reads ``slot.cell`` without a check first.
+    Scopes whose slot answers with itself (the context scope, Flask's) make
+    their slot a NoCell."""
 
     __slots__ = ()
 
+    is_cell = False
     session = None
     depth = 0
     ended = False
     prev = None
 
+    def take(self) -> None:
+        return None
+
 
 #: Stands where a scope has no cell for the caller, so that the proxy's read of
 #: ``slot.cell.session`` gives ``None`` instead of raising.
-EMPTY: t.Any = _Empty()
+EMPTY: t.Any = NoCell()
 
 
 class Scope(t.Protocol):
@@ -291,7 +311,7 @@ class ContextScope:
         # else the slot itself, whose ``session`` is None like EMPTY's. Either way
         # the lookup stays in C, like the thread scope's.
         slot_type = type(
-            "ContextSlot", (), {"__slots__": (), "session": None, "cell": property(self._var.get)}
+            "ContextSlot", (NoCell,), {"__slots__": (), "cell": property(self._var.get)}
         )
         self.slot = slot_type()
         self._tracked = CellTracker()
@@ -371,4 +391,12 @@ class KeyedScope:
             del self._cells[key]
 
     def cells(self) -> list[Cell]:
-        return list(self._cells.values())
+        # A key's entry is its current cell only: a session made outside a unit
+        # of work and shadowed by a unit lives on in that cell's ``prev``.
+        found: list[Cell] = []
+        for current in list(self._cells.values()):
+            cell: Cell | None = current
+            while cell is not None:
+                found.append(cell)
+                cell = cell.prev
+        return found

@@ -41,7 +41,7 @@ from flask.globals import _cv_app
 
 from ._exceptions import NoScopeError, ScopedSessionError
 from ._proxy import ScopedSession, _Closeable
-from ._scopes import Cell, CellTracker
+from ._scopes import Cell, CellTracker, NoCell
 
 __all__ = ["FlaskScopedSession"]
 
@@ -118,9 +118,7 @@ class AppContextScope:
             # path, as with ContextScope.
             return getattr(get_context(None), cell_attr, slot)
 
-        slot_type = type(
-            "FlaskSlot", (), {"__slots__": (), "session": None, "cell": property(cell)}
-        )
+        slot_type = type("FlaskSlot", (NoCell,), {"__slots__": (), "cell": property(cell)})
         self.slot = slot_type()
         self._tracked = CellTracker()
 

@@ -89,19 +89,29 @@ def _end_units(
     """End every unit, also when some fail.
 
     Once one commit fails the remaining units are ended as failed (rolled back,
-    not committed). The first failure is raised (when ``raise_first``); the
-    others are logged, as they would be lost otherwise. ``error``, the work's
+    not committed); a failed close() after a commit does not stop the others.
+    The first failure is raised (when ``raise_first``); the others are logged,
+    as they would be lost otherwise. ``error``, the work's
     own exception, is never replaced: with it, failures are only logged.
     """
     first: BaseException | None = None
+    failed_commit: BaseException | None = None
     for unit in units:
         try:
             # With an error given, end() logs its own failures and never raises.
-            unit.end(error if error is not None else first, commit=commit)
+            unit.end(error if error is not None else failed_commit, commit=commit)
         except BaseException as exc:
-            first = exc
-            if not raise_first:
-                logger.error("Ending a unit of work failed.", exc_info=exc)
+            wanted = unit.commit if commit is None else commit
+            committing = wanted and not unit.committed and failed_commit is None
+            if committing:
+                # Only a failed commit rolls the later units back; a close()
+                # that failed after its commit stops nothing.
+                failed_commit = exc
+            if first is None and raise_first:
+                first = exc
+            else:
+                what = "Committing" if committing else "Closing"
+                logger.error("%s a session failed while ending a unit of work.", what, exc_info=exc)
     if first is not None and raise_first:
         raise first
 
@@ -224,15 +234,20 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
         unless the job raised (then failures are logged).
         """
         first: BaseException | None = None
+        committing = self._commit and error is None
         for unit, scoped in zip(state.units, self._sessions, strict=True):
             session = unit.session
             if session is None:
                 continue
-            if self._commit and error is None and first is None:
+            if committing:
                 try:
                     session.commit()
                 except BaseException as exc:
-                    first = exc
+                    # Only a failed commit rolls the later sessions back; a
+                    # failed close() of an earlier one does not.
+                    committing = False
+                    if first is None:
+                        first = exc
             try:
                 scoped.remove()  # on the worker thread: the unit's session
             except Exception as exc:

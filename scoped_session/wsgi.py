@@ -207,26 +207,27 @@ def _where(environ: WSGIEnvironment | None) -> str:
 def _end_all(
     units: _Units, commit: bool, environ: WSGIEnvironment | None, reaped: bool = False
 ) -> list[BaseException]:
-    """End every unit, committing while ``commit`` holds: after a failure the
-    rest roll back. Every failure is logged with the request's method and path
-    and returned. ``reaped``: a backstop ends them (counted as reaped)."""
+    """End every unit, committing while ``commit`` holds: after a failed commit
+    the rest roll back; a close() that fails after its commit stops nothing.
+    Every failure is logged with the request's method and path and returned.
+    ``reaped``: a backstop ends them (counted as reaped)."""
     failures: list[BaseException] = []
     for unit in units:
         try:
             unit.end(commit=commit, reaped=reaped)
         except BaseException as exc:
-            if commit:
+            if commit and not unit.committed:
                 logger.error(
                     "Committing the database session failed for %s; it was rolled back.",
                     _where(environ),
                     exc_info=exc,
                 )
+                commit = False
             else:
                 logger.error(
                     "Closing the database session failed for %s.", _where(environ), exc_info=exc
                 )
             failures.append(exc)
-            commit = False
     return failures
 
 
