@@ -111,3 +111,113 @@ class Database(t.NamedTuple):
     def count_notes(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.text("SELECT count(*) FROM notes")).scalar_one())
+
+
+# -- asyncio -------------------------------------------------------------------------
+
+
+class AsyncDatabase(t.NamedTuple):
+    """A real database for an async test: an async engine and its connection counts."""
+
+    engine: t.Any  # sqlalchemy.ext.asyncio.AsyncEngine
+    kind: str  # "sqlite", "asyncpg" or "psycopg"
+    url: str  # postgres: the URL to count backends with
+    app_name: str  # postgres only: the application_name of the engine's backends
+
+    def checkedout(self) -> int:
+        return t.cast("sa.QueuePool", self.engine.sync_engine.pool).checkedout()
+
+    def backends(self) -> list[tuple[int, str]]:
+        """Server-side connections of this engine (postgres); [] for SQLite."""
+        if self.kind == "sqlite":
+            return []
+        return backends(self.url, self.app_name)
+
+    def idle_in_transaction(self) -> int:
+        return sum(1 for _, state in self.backends() if state.startswith("idle in transaction"))
+
+    async def count_notes(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(sa.text("SELECT count(*) FROM notes"))).scalar_one())
+
+
+def make_async_engine(kind: str, where: str, **kw: t.Any) -> tuple[t.Any, str, str]:
+    """An async engine: ``kind`` "sqlite" makes a SQLite file ``where`` (aiosqlite);
+    "asyncpg" or "psycopg" use the PostgreSQL URL ``where`` in a schema of its own.
+    Returns the engine, the application name and the schema (both "" for SQLite)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    if kind == "sqlite":
+        # A pool that counts (SQLAlchemy 2.0 gives aiosqlite files a NullPool).
+        kw.setdefault("poolclass", sa.AsyncAdaptedQueuePool)
+        return create_async_engine(f"sqlite+aiosqlite:///{where}", **kw), "", ""
+    tag = uuid.uuid4().hex[:12]
+    app_name, schema = f"ss-async-{tag}", f"ss_{tag}"
+    with psycopg.connect(libpq_url(where), autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    if kind == "asyncpg":
+        connect_args: dict[str, t.Any] = {
+            "server_settings": {"application_name": app_name, "search_path": schema}
+        }
+    else:
+        connect_args = {"application_name": app_name, "options": f"-csearch_path={schema}"}
+    url = sa.make_url(where).set(drivername=f"postgresql+{kind}")
+    return create_async_engine(url, connect_args=connect_args, **kw), app_name, schema
+
+
+async def create_tables(engine: t.Any) -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+
+
+class AsyncTrivialSession:
+    """An async session that does nothing, for pure-logic tests and benchmarks."""
+
+    _is_asyncio = True  # SQLAlchemy's async_scoped_session reads this
+
+    def __init__(self, **kw: t.Any) -> None:
+        self.kw = kw
+        self.closed = 0
+        self.committed = 0
+
+    async def close(self) -> None:
+        self.closed += 1
+
+    async def commit(self) -> None:
+        self.committed += 1
+
+    async def rollback(self) -> None:
+        pass
+
+
+class AsyncDB:
+    """Runs an async test body in an event loop of its own against a fresh async
+    engine with the test tables, and disposes of the engine in that loop."""
+
+    def __init__(self, kind: str, where: str) -> None:
+        self.kind = kind
+        self.where = where
+        self.schemas: list[str] = []
+
+    def run(self, body: t.Callable[[AsyncDatabase], t.Awaitable[_T]], **engine_kw: t.Any) -> _T:
+        import asyncio
+
+        async def main() -> _T:
+            engine, app_name, schema = make_async_engine(self.kind, self.where, **engine_kw)
+            self.schemas.append(schema)
+            try:
+                await create_tables(engine)
+                return await body(AsyncDatabase(engine, self.kind, self.where, app_name))
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(main())
+
+    def drop(self) -> None:
+        """Drop the schemas the runs made (postgres)."""
+        for schema in self.schemas:
+            if schema:
+                drop_schema(self.where, schema)
+
+
+_T = t.TypeVar("_T")
