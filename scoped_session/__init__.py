@@ -9,10 +9,18 @@
 
 from __future__ import annotations
 
-from ._exceptions import NoScopeError, ScopedSessionError, SessionAlreadyPresent
+import typing as t
+
+from ._exceptions import ConcurrentUseError, NoScopeError, ScopedSessionError, SessionAlreadyPresent
 from ._proxy import QueryProperty, ScopedSession, SessionStats, UnitOfWork, scoped_session
 
+if t.TYPE_CHECKING:
+    from .asyncio import AsyncScopedSession, AsyncUnitOfWork
+
 __all__ = [
+    "AsyncScopedSession",
+    "AsyncUnitOfWork",
+    "ConcurrentUseError",
     "NoScopeError",
     "QueryProperty",
     "ScopedSession",
@@ -22,3 +30,13 @@ __all__ = [
     "UnitOfWork",
     "scoped_session",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The asyncio module is imported on first use: importing asyncio costs a
+    # WSGI-only application tens of milliseconds.
+    if name in ("AsyncScopedSession", "AsyncUnitOfWork"):
+        from . import asyncio as _asyncio
+
+        return getattr(_asyncio, name)
+    raise AttributeError(f"module 'scoped_session' has no attribute {name!r}")

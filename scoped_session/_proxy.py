@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import logging
@@ -292,8 +291,10 @@ def _caller_label(kind: str) -> str:
     """Name the caller's scope, for a cell made outside a unit of work."""
     thread = threading.current_thread().name
     if kind == "context":
+        # No task can run unless asyncio was imported; never import it here.
+        asyncio = sys.modules.get("asyncio")
         try:
-            task = asyncio.current_task()
+            task = asyncio.current_task() if asyncio is not None else None
         except RuntimeError:  # no running event loop in this thread
             task = None
         if task is not None:
@@ -443,12 +444,12 @@ class ScopedSession(t.Generic[S]):
             self.__class__ = cls
 
     def _learn(self, session: object) -> None:
-        """On 3.11: turn ``__getattr__`` off while every public name of the
-        sessions made so far is one the proxy forwards by itself, and on for
-        good once one is not."""
+        """Python 3.11 only (elsewhere a no-op): turn ``__getattr__`` off while
+        every public name of the sessions made so far is one the proxy forwards
+        by itself, and on for good once one is not."""
         kind = type(session)
         self._last_type = kind
-        if kind in self._seen_types:
+        if _GETATTR_IS_FREE or kind in self._seen_types:
             return
         self._seen_types.add(kind)
         proxy = self._public_class
@@ -638,6 +639,12 @@ class ScopedSession(t.Generic[S]):
         """A class attribute that returns a query for the class against the
         caller's session (like SQLAlchemy's ``scoped_session.query_property``)."""
         return QueryProperty(self, query_cls)
+
+    @property
+    def scope_kind(self) -> str:
+        """Where this registry's sessions live: ``"thread"``, ``"context"``,
+        ``"scopefunc"``, or an integration's own (``"flask"``)."""
+        return self._scope.kind
 
     def __repr__(self) -> str:
         # The factory's repr is left out: it can hold a database URL.

@@ -23,6 +23,7 @@ does, because closing would talk on the parent's sockets.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
 import os
 import sys
@@ -149,7 +150,18 @@ class Cell:
                 describe(getattr(self, "label", None), self.depth),
                 origin_text(getattr(self, "origin", None)),
             )
-            session.close()
+            result = session.close()
+            if inspect.isawaitable(result):
+                # An async session in a sync registry: nothing here can await
+                # its close(). Drop the coroutine quietly and say so.
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+                logger.error(
+                    "An async session was left without remove() and could not be"
+                    " closed by a finalizer; use scoped_session.asyncio."
+                    "AsyncScopedSession for async sessions."
+                )
         except Exception:
             # A finalizer must not raise; the failure is logged, never lost.
             logger.exception("Closing a session left behind by its scope failed.")

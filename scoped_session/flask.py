@@ -242,6 +242,8 @@ class FlaskScopedSession(ScopedSession[S]):
         setattr(context, scope.cell_attr, cell)
         cell.session = session
         self._stats.created += 1
+        if type(session) is not self._last_type:
+            self._learn(session)  # Python 3.11: drops __getattr__ when it can
         return session
 
     def _after_request(self, response: Response, commit: bool) -> Response:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -22,6 +24,22 @@ def test_readme_example_runs(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "1"
+
+
+def test_readme_asyncio_example_runs(tmp_path: Path) -> None:
+    pytest.importorskip("aiosqlite")
+    pytest.importorskip("greenlet")
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## asyncio and ASGI") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    script = tmp_path / "async_example.py"
+    script.write_text(code.group(1))
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "10"
 
 
 def demo_table(stdout: str) -> dict[str, tuple[str, str]]:

@@ -1,0 +1,331 @@
+"""ASGI middleware: a unit of work per HTTP request or websocket connection.
+
+::
+
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+    from starlette.applications import Starlette
+    from scoped_session.asyncio import AsyncScopedSession
+    from scoped_session.asgi import ScopedSessionMiddleware
+
+    Session = AsyncScopedSession(async_sessionmaker(engine))
+
+    async def add_note(request):
+        Session.add(Note(text="hi"))           # this request's session, made on first use
+        return PlainTextResponse("saved")
+
+    app = ScopedSessionMiddleware(Starlette(routes=[...]), Session, commit=True)
+
+Each HTTP request gets a fresh session from every given registry and keeps it until
+the response is over: a streamed body uses the view's session while it streams, and
+the unit ends right after the last body message was sent, on the same event loop.
+When the app stops before that (an error, a client that went away, a cancelled
+task), the unit ends then, rolled back. A websocket connection gets one unit for
+its whole life; lifespan and other scopes pass through untouched.
+
+The registries can be :class:`~scoped_session.asyncio.AsyncScopedSession` objects or
+sync :class:`~scoped_session.ScopedSession` objects made with ``scope="context"``: the
+unit is opened in the request's task, so the request's session is also the one that
+sync endpoints and dependencies see on the worker threads they run on (Starlette and
+FastAPI copy the request's context there), whatever thread that is. A sync session's
+commit and close run on a worker thread too, never blocking the event loop. A
+cancelled request ends its units at once: Starlette and FastAPI wait for a sync
+endpoint's thread before that, but sync work started with ``asyncio.to_thread`` is
+left running by a cancellation and must not use the request's session then.
+
+With ``commit=True`` the app's ``http.response.start`` is held until its first body
+message, and the sessions are committed before the status goes out: a failed commit
+raises out of the app's ``send()`` (the server answers 500 when nothing else does)
+and a 2xx status means the view's writes are committed. Writes made while a
+streamed body runs are committed after its last message, when it got there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import typing as t
+
+from ._proxy import ScopedSession, UnitOfWork
+from ._tasks import run_to_end
+from .asyncio import AsyncScopedSession, AsyncUnitOfWork
+
+__all__ = ["ScopedSessionMiddleware"]
+
+logger = logging.getLogger("scoped_session")
+
+Message = t.MutableMapping[str, t.Any]
+Receive = t.Callable[[], t.Awaitable[Message]]
+Send = t.Callable[[Message], t.Awaitable[None]]
+ASGIApp = t.Callable[[Message, Receive, Send], t.Awaitable[None]]
+AnyScopedSession = ScopedSession[t.Any] | AsyncScopedSession[t.Any]
+
+
+class _Unit(t.Protocol):
+    @property
+    def session(self) -> t.Any: ...
+
+    async def commit(self) -> None: ...
+
+    async def end(self, error: BaseException | None = None, *, commit: bool = False) -> None: ...
+
+
+class _AsyncUnit:
+    """An AsyncScopedSession's unit of work."""
+
+    __slots__ = ("_unit",)
+
+    def __init__(self, scoped: AsyncScopedSession[t.Any]) -> None:
+        self._unit = AsyncUnitOfWork(scoped).start()
+
+    @property
+    def session(self) -> t.Any:
+        return self._unit.session
+
+    async def commit(self) -> None:
+        session = self._unit.session
+        if session is not None:
+            await run_to_end(session.commit())
+
+    async def end(self, error: BaseException | None = None, *, commit: bool = False) -> None:
+        await self._unit.end(error, commit=commit)
+
+
+class _ThreadedUnit:
+    """A sync ScopedSession's unit of work: opened in the request's task (no I/O);
+    its commit and end, which talk to the database, run on a worker thread."""
+
+    __slots__ = ("_unit",)
+
+    def __init__(self, scoped: ScopedSession[t.Any]) -> None:
+        self._unit = UnitOfWork(scoped).start()
+
+    @property
+    def session(self) -> t.Any:
+        return self._unit.session
+
+    async def commit(self) -> None:
+        session = self._unit.session
+        if session is not None:
+            await _in_thread(session.commit)
+
+    async def end(self, error: BaseException | None = None, *, commit: bool = False) -> None:
+        unit = self._unit
+        if unit.session is None:
+            unit.end(error, commit=commit)  # nothing to close: bookkeeping only
+        else:
+            await _in_thread(functools.partial(unit.end, error, commit=commit))
+
+
+async def _in_thread(func: t.Callable[[], object]) -> None:
+    """Run ``func`` on the loop's default executor to its end, even if cancelled."""
+    loop = asyncio.get_running_loop()
+    await run_to_end(t.cast("asyncio.Future[None]", loop.run_in_executor(None, func)))
+
+
+def _is_context_scoped(scoped: ScopedSession[t.Any]) -> bool:
+    return scoped.scope_kind == "context"
+
+
+class ScopedSessionMiddleware:
+    """Give each HTTP request and websocket connection a unit of work on every
+    given scoped session.
+
+    :param app: the ASGI application to wrap.
+    :param session: an :class:`~scoped_session.asyncio.AsyncScopedSession`, or a
+        :class:`~scoped_session.ScopedSession` made with ``scope="context"``; more
+        may follow, each gets a unit of its own and each is ended even if another
+        fails.
+    :param commit: commit each session when nothing raised and the status is below
+        400, before the status reaches the server (a websocket's: when the app
+        returns without raising); otherwise roll back.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        session: AnyScopedSession,
+        /,
+        *more_sessions: AnyScopedSession,
+        commit: bool = False,
+    ) -> None:
+        if not callable(app) or isinstance(app, (ScopedSession, AsyncScopedSession)):
+            raise TypeError(
+                "ScopedSessionMiddleware() takes the ASGI application first, then the"
+                f" scoped sessions; got an object of type {type(app).__name__} as the"
+                " application."
+            )
+        sessions = (session, *more_sessions)
+        for scoped in sessions:
+            if isinstance(scoped, AsyncScopedSession):
+                continue
+            if not isinstance(scoped, ScopedSession):
+                raise TypeError(
+                    "ScopedSessionMiddleware() takes AsyncScopedSession or ScopedSession"
+                    f" objects after the application; got an object of type"
+                    f" {type(scoped).__name__}. Wrap the factory first:"
+                    " Session = AsyncScopedSession(async_sessionmaker(engine))."
+                )
+            if not _is_context_scoped(scoped):
+                raise ValueError(
+                    f"{scoped!r} is not scoped by context: under ASGI many requests share"
+                    " one thread, so a session per thread would be shared by them. Make"
+                    " it with ScopedSession(session_factory, scope='context'), or use"
+                    " AsyncScopedSession."
+                )
+        if len(set(map(id, sessions))) != len(sessions):
+            raise ValueError(
+                "The same scoped session was passed to ScopedSessionMiddleware() twice;"
+                " pass each one once."
+            )
+        if not isinstance(commit, bool):
+            raise TypeError(f"commit must be True or False, not {type(commit).__name__}.")
+        self.app = app
+        self.sessions = sessions
+        self.commit = commit
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.app!r} sessions={len(self.sessions)}>"
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _start(self) -> list[_Unit]:
+        started: list[_Unit] = []
+        try:
+            for scoped in self.sessions:
+                if isinstance(scoped, AsyncScopedSession):
+                    started.append(_AsyncUnit(scoped))
+                else:
+                    started.append(_ThreadedUnit(scoped))
+        except BaseException as exc:
+            await _end_all(started, False, "a request", exc)
+            raise
+        return started
+
+    async def _http(self, scope: Message, receive: Receive, send: Send) -> None:
+        units = await self._start()
+        where = f"{scope.get('method', '?')} {scope.get('path', '')}"
+        held: Message | None = None  # commit=True: the start message, until the body
+        commit = False  # whether to commit at the end (the status allowed it)
+        trailers = False
+        ended = False
+        failures: list[BaseException] = []
+
+        async def send_through(message: Message) -> None:
+            nonlocal held, commit, trailers, ended
+            kind = message["type"]
+            if kind == "http.response.start":
+                trailers = bool(message.get("trailers", False))
+                if self.commit:
+                    held = message
+                    commit = int(message["status"]) < 400
+                    return
+                await send(message)
+                return
+            if held is not None:
+                if commit:
+                    try:
+                        await _commit_all(units, where)
+                    except BaseException:
+                        held, commit = None, False
+                        raise
+                start, held = held, None
+                await send(start)
+            await send(message)
+            if not ended and _is_last(message, trailers):
+                ended = True
+                failures.extend(await _end_all(units, commit, where))
+
+        try:
+            await self.app(scope, receive, send_through)
+        except BaseException as exc:
+            if not ended:
+                ended = True
+                await _end_all(units, False, where, exc)
+            raise
+        if not ended:
+            # The app returned before its last body message: the client went away,
+            # or the response is incomplete. Nothing of it is committed.
+            ended = True
+            failures.extend(await _end_all(units, False, where))
+            if held is not None:
+                await send(held)
+        _raise(failures)
+
+    async def _websocket(self, scope: Message, receive: Receive, send: Send) -> None:
+        units = await self._start()
+        where = f"websocket {scope.get('path', '')}"
+        try:
+            await self.app(scope, receive, send)
+        except BaseException as exc:
+            await _end_all(units, False, where, exc)
+            raise
+        _raise(await _end_all(units, self.commit, where))
+
+
+def _is_last(message: Message, trailers: bool) -> bool:
+    kind: str = message["type"]
+    if trailers:
+        return kind == "http.response.trailers" and not message.get("more_trailers", False)
+    if kind in ("http.response.body", "http.response.zerocopysend"):
+        return not bool(message.get("more_body", False))
+    return kind == "http.response.pathsend"
+
+
+async def _commit_all(units: list[_Unit], where: str) -> None:
+    """Commit each unit's session in order. A failure is logged and raised; the
+    units stay open for the caller to roll back and end."""
+    for unit in units:
+        try:
+            await unit.commit()
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                logger.error(
+                    "Committing the database session failed for %s; rolling back.",
+                    where,
+                    exc_info=True,
+                )
+            raise
+
+
+async def _end_all(
+    units: list[_Unit], commit: bool, where: str, error: BaseException | None = None
+) -> list[BaseException]:
+    """End every unit, committing while ``commit`` holds: after a failure the rest
+    roll back. Every failure is logged with the request's method and path and
+    returned; a cancellation that came meanwhile is re-raised once all are ended."""
+    failures: list[BaseException] = []
+    cancelled: asyncio.CancelledError | None = None
+    for unit in units:
+        try:
+            await unit.end(error, commit=commit and error is None)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+        except BaseException as exc:
+            if commit:
+                logger.error(
+                    "Committing the database session failed for %s; it was rolled back.",
+                    where,
+                    exc_info=exc,
+                )
+            else:
+                logger.error("Closing the database session failed for %s.", where, exc_info=exc)
+            failures.append(exc)
+            commit = False
+    if cancelled is not None:
+        raise cancelled
+    return failures
+
+
+def _raise(failures: list[BaseException]) -> None:
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        raise BaseExceptionGroup(f"ending {len(failures)} database sessions failed", failures)

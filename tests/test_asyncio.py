@@ -1,0 +1,778 @@
+"""AsyncScopedSession: a session per task, units of work shared with the tasks they
+start, detection of two tasks on one session; real AsyncSession objects on SQLite
+(aiosqlite) and PostgreSQL (asyncpg and psycopg)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import logging
+import os
+import typing as t
+import warnings
+import weakref
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from helpers import (
+    AsyncDatabase,
+    AsyncDB,
+    AsyncTrivialSession,
+    Note,
+    postgres_url,
+)
+
+pytest.importorskip("greenlet")  # SQLAlchemy's asyncio extension needs it
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from scoped_session import ScopedSessionError, SessionAlreadyPresent
+from scoped_session._tasks import drain_closing
+from scoped_session.asyncio import (
+    _CALLS,
+    AsyncScopedSession,
+    ConcurrentUseError,
+    ConcurrentUseWarning,
+    _has_unknown_names,
+)
+
+
+@pytest.fixture(params=["sqlite", "asyncpg", "psycopg"])
+def adb(request: pytest.FixtureRequest, tmp_path: Path) -> t.Iterator[AsyncDB]:
+    """Each real database in turn: a SQLite file, then PostgreSQL through asyncpg
+    and through psycopg (if configured)."""
+    kind: str = request.param
+    if kind == "sqlite":
+        pytest.importorskip("aiosqlite")
+        yield AsyncDB(kind, str(tmp_path / "test.db"))
+        return
+    pg = postgres_url()
+    if pg is None:
+        pytest.skip("SCOPED_SESSION_TEST_POSTGRES_URL is not set")
+    if kind == "asyncpg":
+        pytest.importorskip("asyncpg")
+    db = AsyncDB(kind, pg)
+    yield db
+    db.drop()
+
+
+@pytest.fixture
+def sqlite_adb(tmp_path: Path) -> AsyncDB:
+    pytest.importorskip("aiosqlite")
+    return AsyncDB("sqlite", str(tmp_path / "test.db"))
+
+
+def scoped(db: AsyncDatabase, **kw: t.Any) -> AsyncScopedSession[AsyncSession]:
+    return AsyncScopedSession(async_sessionmaker(db.engine), **kw)
+
+
+def assert_clean(db: AsyncDatabase) -> None:
+    assert db.checkedout() == 0
+    assert db.idle_in_transaction() == 0
+
+
+# -- the proxy on real sessions ------------------------------------------------------------
+
+
+def test_proxy_awaits_the_async_methods_and_calls_the_plain_ones(adb: AsyncDB) -> None:
+    async def body(db: AsyncDatabase) -> None:
+        Session = scoped(db)
+        session = Session()
+        Session.add(Note(text="a"))
+        Session.add_all([Note(text="b"), Note(text="c")])
+        await Session.flush()
+        assert Session.in_transaction()
+        assert await Session.scalar(sa.select(sa.func.count()).select_from(Note)) == 3
+        texts = (await Session.scalars(sa.select(Note.text).order_by(Note.id))).all()
+        assert texts == ["a", "b", "c"]
+        rows = (await Session.execute(sa.select(Note.id, Note.text).order_by(Note.id))).all()
+        note = await Session.get(Note, rows[0].id)
+        assert note is not None
+        assert note.text == "a"
+        note.text = "A"
+        await Session.refresh(note)  # the change is thrown away
+        assert note.text == "a"
+        merged = await Session.merge(Note(id=rows[1].id, text="B"))
+        assert merged in Session
+        await Session.delete(note)
+        await Session.commit()
+        stream = await Session.stream(sa.select(Note.text).order_by(Note.id))
+        assert [row.text async for row in stream] == ["B", "c"]
+        Session.expunge(merged)
+        assert merged not in Session
+        await Session.rollback()
+        Session.info["seen"] = True
+        assert session.info == {"seen": True}
+        assert Session.sync_session is session.sync_session
+        await Session.close()  # through the proxy: closed, still registered
+        assert Session() is session
+        assert Session.registry.has()
+        await Session.remove()
+        assert not Session.registry.has()
+        assert Session._stats.created == Session._stats.removed == 1
+        assert await db.count_notes() == 2
+        assert_clean(db)
+
+    adb.run(body)
+
+
+def test_every_public_async_session_name_is_reachable(sqlite_adb: AsyncDB) -> None:
+    async def body(db: AsyncDatabase) -> None:
+        Session = scoped(db)
+        session = Session()
+        names = {n for n in dir(AsyncSession) if not n.startswith("_")} | {
+            n for n in vars(session) if not n.startswith("_")
+        }
+        assert len(names) > 40
+        missing = []
+        for name in sorted(names):
+            ours, theirs = getattr(Session, name), getattr(session, name)
+            if name in _CALLS:
+                same = ours.__func__ is getattr(AsyncScopedSession, name)
+            elif callable(theirs) and hasattr(theirs, "__self__"):
+                same = ours.__self__ is theirs.__self__ and ours.__func__ is theirs.__func__
+            elif getattr(session, name) is not theirs:
+                same = type(ours) is type(theirs)  # a fresh object per read
+            else:
+                same = ours is theirs or ours == theirs
+            if not same:
+                missing.append(name)
+        assert missing == []
+        # Every name is written out: no __getattr__ needed (3.11 reads faster then).
+        assert not _has_unknown_names(session)
+        Session.autoflush = False  # set through the proxy
+        assert session.autoflush is False
+        await Session.commit()  # the written-out methods reach the session
+        await Session.reset()
+        Session.expire_all()
+        Session.expunge_all()
+        await Session.rollback()
+        await Session.remove()
+
+    sqlite_adb.run(body)
+
+
+def test_names_the_proxy_does_not_write_out_are_forwarded() -> None:
+    class Extra(AsyncTrivialSession):
+        def shout(self) -> str:
+            return "hi"
+
+    Session = AsyncScopedSession(AsyncTrivialSession)
+    Other = AsyncScopedSession(Extra)
+
+    async def main() -> None:
+        assert Other.shout() == "hi"  # before any session: made by the lookup
+        assert Session.kw == {}  # an instance attribute
+        assert Session.closed == 0
+        Session.registry.set(Extra())
+        assert Session.shout() == "hi"
+        with pytest.raises(AttributeError):
+            Session.nothing_like_this  # noqa: B018
+        with pytest.raises(AttributeError):
+            Session._private  # noqa: B018
+        await Session.remove()
+        await Other.remove()
+
+    asyncio.run(main())
+
+
+# -- a session per task ----------------------------------------------------------------
+
+
+def test_each_task_gets_its_own_session_not_its_parents(caplog: pytest.LogCaptureFixture) -> None:
+    Session = AsyncScopedSession(AsyncTrivialSession)
+
+    async def child(ready: asyncio.Barrier) -> AsyncTrivialSession:
+        session = Session()
+        await ready.wait()  # all of them hold a session at once
+        assert Session() is session
+        return session
+
+    async def main() -> tuple[AsyncTrivialSession, list[AsyncTrivialSession]]:
+        parent = Session()  # made before the children start: they must not inherit it
+        ready = asyncio.Barrier(5)
+        children = await asyncio.gather(*(child(ready) for _ in range(5)))
+        assert Session() is parent
+        await drain_closing()
+        await Session.remove()
+        return parent, children
+
+    with caplog.at_level(logging.WARNING, logger="scoped_session"):
+        parent, children = asyncio.run(main())
+    assert len({id(s) for s in [parent, *children]}) == 6
+    # The children never removed theirs: each was closed when its task ended.
+    assert [s.closed for s in children] == [1] * 5
+    assert parent.closed == 1
+    assert Session._stats.reaped == 5
+    assert sum("without remove()" in r.getMessage() for r in caplog.records) == 5
+
+
+def test_a_unit_is_shared_with_child_tasks_only_while_open(sqlite_adb: AsyncDB) -> None:
+    async def body(db: AsyncDatabase) -> None:
+        Session = scoped(db)
+        used, ended = asyncio.Event(), asyncio.Event()
+        seen: dict[str, AsyncSession] = {}
+
+        async def child() -> None:
+            seen["during"] = Session()
+            await Session.execute(sa.text("SELECT 1"))
+            used.set()
+            await ended.wait()
+            seen["after"] = Session()
+            await Session.remove()
+
+        async with Session.scope() as unit_session:
+            task = asyncio.create_task(child())
+            await used.wait()
+            assert seen["during"] is unit_session
+        ended.set()
+        await task
+        assert seen["after"] is not unit_session
+        assert not Session.registry.has()
+        assert_clean(db)
+
+    sqlite_adb.run(body)
+
+
+def test_scope_nested_in_one_task_joins_in_another_task_is_its_own() -> None:
+    Session = AsyncScopedSession(AsyncTrivialSession)
+
+    async def child() -> AsyncTrivialSession:
+        async with Session.scope() as own:
+            return own
+
+    async def main() -> None:
+        async with Session.scope() as outer:
+            async with Session.scope() as inner:
+                assert inner is outer
+            assert outer.closed == 0  # the joined unit ended nothing
+            own = await asyncio.create_task(child())
+            assert own is not outer
+            assert own.closed == 1
+            assert Session() is outer
+            assert outer.closed == 0
+        assert outer.closed == 1
+        assert not Session.registry.has()
+
+    asyncio.run(main())
+
+
+def test_a_bare_session_comes_back_after_a_unit() -> None:
+    Session = AsyncScopedSession(AsyncTrivialSession)
+
+    async def main() -> None:
+        bare = Session()
+        async with Session.scope() as unit_session:
+            assert unit_session is not bare
+        assert Session() is bare
+        assert bare.closed == 0
+        await Session.remove()
+        assert bare.closed == 1
+
+    asyncio.run(main())
+
+
+# -- units of work on real databases -------------------------------------------------------
+
+
+def test_scope_commits_or_rolls_back_and_always_closes(adb: AsyncDB) -> None:
+    async def body(db: AsyncDatabase) -> None:
+        Session = scoped(db)
+        async with Session.scope(commit=True):
+            Session.add(Note(text="kept"))
+        with pytest.raises(ValueError, match="boom"):
+            async with Session.scope(commit=True):
+                Session.add(Note(text="dropped"))
+                await Session.flush()
+                raise ValueError("boom")
+
+        @Session.scope(commit=True)
+        async def job(text: str) -> int:
+            Session.add(Note(text=text))
+            await Session.flush()
+            return 7
+
+        assert await job("decorated") == 7
+        async with Session.scope():  # commit=False: rolled back
+            Session.add(Note(text="not committed"))
+        async with db.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(Note.text).order_by(Note.text))).scalars().all()
+        assert rows == ["decorated", "kept"]
+        assert Session._stats.created == Session._stats.removed == 4
+        assert not Session.registry.has()
+        assert_clean(db)
+
+    adb.run(body)
+
+
+def test_a_cancelled_task_has_its_unit_rolled_back_and_closed(adb: AsyncDB) -> None:
+    async def body(db: AsyncDatabase) -> None:
+        Session = scoped(db)
+        inside = asyncio.Event()
+
+        async def work() -> None:
+            async with Session.scope(commit=True):
+                Session.add(Note(text="never"))
+                await Session.flush()  # a transaction is open on a connection now
+                inside.set()
+                await asyncio.Event().wait()
+
+        task = asyncio.create_task(work())
+        await inside.wait()
+        assert db.checkedout() == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await db.count_notes() == 0
+        assert_clean(db)
+
+    adb.run(body)
+
+
+def test_tasks_that_never_remove_have_their_sessions_closed(adb: AsyncDB) -> None:
+    async def body(db: AsyncDatabase) -> None:
+        Session = scoped(db)
+
+        async def query(i: int) -> int:
+            return int(await Session.scalar(sa.select(sa.literal(i))))
+
+        assert await asyncio.gather(*(query(i) for i in range(20))) == list(range(20))
+        await drain_closing()
+        assert Session._stats.reaped == 20
+        assert_clean(db)
+
+    logging.getLogger("scoped_session").setLevel(logging.ERROR)
+    try:
+        adb.run(body, pool_size=20)
+    finally:
+        logging.getLogger("scoped_session").setLevel(logging.NOTSET)
+
+
+class WaitingSession:
+    """An async session with a method that stays inside until told to leave."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def wait_inside(self, leave: asyncio.Event, inside: asyncio.Event) -> None:
+        inside.set()
+        await leave.wait()
+
+    def add(self, obj: object) -> None:
+        pass
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+def test_concurrent_use_by_two_tasks_warns() -> None:
+    Session = AsyncScopedSession(WaitingSession)
+
+    async def main() -> None:
+        leave, inside = asyncio.Event(), asyncio.Event()
+
+        async def first_user() -> None:
+            await Session.wait_inside(leave, inside)
+
+        async with Session.scope():
+            first = asyncio.create_task(first_user())
+            await inside.wait()
+
+            async def other() -> None:
+                with pytest.warns(ConcurrentUseWarning, match="in use by task"):
+                    Session.add(object())
+
+            await asyncio.create_task(other())
+            leave.set()
+            await first
+
+    asyncio.run(main())
+
+
+def test_the_owner_inside_the_session_is_seen_by_a_child() -> None:
+    Session = AsyncScopedSession(WaitingSession, strict=True)
+
+    async def main() -> None:
+        leave, inside = asyncio.Event(), asyncio.Event()
+        errors: list[BaseException] = []
+
+        async def child() -> None:
+            await inside.wait()
+            try:
+                Session.add(object())
+            except ConcurrentUseError as exc:
+                errors.append(exc)
+            leave.set()
+
+        async with Session.scope():
+            task = asyncio.create_task(child())
+            await Session.wait_inside(leave, inside)  # the owner, on the fast path
+            await task
+        assert len(errors) == 1
+        assert isinstance(errors[0], ScopedSessionError)
+
+    asyncio.run(main())
+
+
+def test_the_owner_is_checked_once_a_child_used_its_unit() -> None:
+    Session = AsyncScopedSession(WaitingSession, strict=True)
+
+    async def main() -> None:
+        leave, inside = asyncio.Event(), asyncio.Event()
+
+        async def child() -> None:
+            await Session.wait_inside(leave, inside)
+
+        async with Session.scope():
+            Session.add(object())  # the owner alone: the fast path
+            task = asyncio.create_task(child())
+            await inside.wait()
+            with pytest.raises(ConcurrentUseError):
+                Session.add(object())  # the owner again, while the child is inside
+            leave.set()
+            await task
+            Session.add(object())  # the child is done: fine
+
+    asyncio.run(main())
+
+
+def test_taking_turns_is_not_concurrent_use(sqlite_adb: AsyncDB) -> None:
+    async def body(db: AsyncDatabase) -> None:
+        Session = scoped(db, strict=True)
+
+        async def child(i: int) -> None:
+            Session.add(Note(text=f"child{i}"))
+            await Session.flush()
+
+        async with Session.scope(commit=True):
+            await Session.execute(sa.text("SELECT 1"))
+            for i in range(3):
+                await asyncio.create_task(child(i))  # one after the other
+            Session.add(Note(text="parent"))
+        assert await db.count_notes() == 4
+        assert_clean(db)
+
+    sqlite_adb.run(body)
+
+
+def test_two_tasks_on_a_real_async_session_are_detected(sqlite_adb: AsyncDB) -> None:
+    class SlowSession(AsyncSession):
+        async def wait_inside(self, leave: asyncio.Event, inside: asyncio.Event) -> None:
+            await self.execute(sa.text("SELECT 1"))
+            inside.set()
+            await leave.wait()
+
+    async def body(db: AsyncDatabase) -> None:
+        Session = AsyncScopedSession(async_sessionmaker(db.engine, class_=SlowSession), strict=True)
+        leave, inside = asyncio.Event(), asyncio.Event()
+
+        async def second() -> None:
+            await inside.wait()
+            with pytest.raises(ConcurrentUseError):
+                await Session.execute(sa.text("SELECT 2"))
+            leave.set()
+
+        async def first() -> None:
+            await Session.wait_inside(leave, inside)
+
+        async with Session.scope():
+            await asyncio.gather(first(), second())
+        assert_clean(db)
+
+    sqlite_adb.run(body)
+
+
+# -- what the registry keeps ---------------------------------------------------------------
+
+
+def test_ten_thousand_tasks_without_remove_leave_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    Session = AsyncScopedSession(AsyncTrivialSession)
+    n = 10_000
+
+    async def use() -> AsyncTrivialSession:
+        return Session()
+
+    async def main() -> tuple[list[AsyncTrivialSession], list[weakref.ref[t.Any]]]:
+        tasks = [asyncio.create_task(use()) for _ in range(n)]
+        sessions = await asyncio.gather(*tasks)
+        refs = [weakref.ref(task) for task in tasks]
+        del tasks
+        await drain_closing()
+        return sessions, refs
+
+    gc.collect()
+    gc.disable()  # reference counting alone must free every task and every entry
+    try:
+        with caplog.at_level(logging.ERROR, logger="scoped_session"):
+            sessions, refs = asyncio.run(main())
+        assert len({id(s) for s in sessions}) == n
+        assert all(s.closed == 1 for s in sessions)
+        assert Session._stats.reaped == n
+        assert Session._scope.cells() == []
+        assert sum(ref() is not None for ref in refs) == 0
+    finally:
+        gc.enable()
+
+
+def test_a_context_dropped_on_the_loop_outside_a_task_is_closed_there(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    Session = AsyncScopedSession(AsyncTrivialSession)
+
+    async def main() -> AsyncTrivialSession:
+        made: list[AsyncTrivialSession] = []
+        done = asyncio.Event()
+
+        def callback() -> None:  # a plain callback: no task is running
+            made.append(Session())
+            done.set()
+
+        asyncio.get_running_loop().call_soon(callback, context=contextvars.Context())
+        await done.wait()
+        await asyncio.sleep(0)  # the callback's context is gone by now
+        await drain_closing()
+        return made[0]
+
+    with caplog.at_level(logging.WARNING, logger="scoped_session"):
+        session = asyncio.run(main())
+    assert session.closed == 1
+    assert Session._stats.reaped == 1
+    assert any("context was dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_a_context_dropped_without_a_loop_is_logged_not_awaited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    Session = AsyncScopedSession(AsyncTrivialSession)
+    context = contextvars.Context()
+    session = context.run(Session)
+    with caplog.at_level(logging.ERROR, logger="scoped_session"):
+        del context  # no loop to close it on; close() is never called half-way
+    assert session.closed == 0
+    assert Session._stats.reaped == 1
+    assert any("event loop is gone" in r.getMessage() for r in caplog.records)
+
+
+# -- ending ----------------------------------------------------------------------------
+
+
+class GatedClose:
+    """A session whose close() waits for a gate, and counts when it got through."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+        self.closing = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def close(self) -> None:
+        self.closing.set()
+        await self.gate.wait()
+        self.closed += 1
+
+
+def test_a_unit_finishes_closing_when_cancelled_meanwhile() -> None:
+    Session = AsyncScopedSession(GatedClose)
+
+    async def main() -> GatedClose:
+        made: list[GatedClose] = []
+
+        async def work() -> None:
+            async with Session.scope() as session:
+                made.append(session)
+
+        task = asyncio.create_task(work())
+        while not made:
+            await asyncio.sleep(0)
+        await made[0].closing.wait()
+        task.cancel()  # while the unit's close() is waiting
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not task.done()
+        made[0].gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return made[0]
+
+    assert asyncio.run(main()).closed == 1
+
+
+class FailingClose(AsyncTrivialSession):
+    async def close(self) -> None:
+        await super().close()
+        raise OSError("close failed")
+
+
+def test_remove_forgets_even_when_close_raises() -> None:
+    Session = AsyncScopedSession(FailingClose)
+
+    async def main() -> None:
+        session = Session()
+        with pytest.raises(OSError, match="close failed"):
+            await Session.remove()
+        assert session.closed == 1
+        assert not Session.registry.has()
+        await Session.remove()  # nothing left: a no-op
+
+    asyncio.run(main())
+
+
+def test_a_failing_close_never_hides_the_work_error(caplog: pytest.LogCaptureFixture) -> None:
+    Session = AsyncScopedSession(FailingClose)
+
+    async def main() -> None:
+        with pytest.raises(KeyError):
+            async with Session.scope():
+                Session()
+                raise KeyError("work")
+        with pytest.raises(OSError, match="close failed"):
+            async with Session.scope():
+                Session()
+
+    with caplog.at_level(logging.ERROR, logger="scoped_session"):
+        asyncio.run(main())
+    assert any("after an error" in r.getMessage() for r in caplog.records)
+
+
+def test_remove_all_closes_every_tasks_session() -> None:
+    Session = AsyncScopedSession(AsyncTrivialSession)
+
+    async def main() -> tuple[int, list[AsyncTrivialSession]]:
+        release = asyncio.Event()
+        made: list[AsyncTrivialSession] = []
+
+        async def hold() -> None:
+            made.append(Session())
+            await release.wait()
+
+        tasks = [asyncio.create_task(hold()) for _ in range(4)]
+        while len(made) < 4:
+            await asyncio.sleep(0)
+        closed = await Session.remove_all()
+        release.set()
+        await asyncio.gather(*tasks)
+        return closed, made
+
+    closed, made = asyncio.run(main())
+    assert closed == 4
+    assert all(s.closed == 1 for s in made)
+    assert Session._stats.reaped == 0  # nothing was left for the tasks' ends
+
+
+def test_remove_all_closes_all_even_when_some_fail(caplog: pytest.LogCaptureFixture) -> None:
+    Session = AsyncScopedSession(FailingClose)
+
+    async def main() -> None:
+        async def make() -> None:
+            Session()
+            await asyncio.sleep(0)
+
+        tasks = [asyncio.create_task(make()) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(ExceptionGroup) as info:
+            await Session.remove_all()
+        assert len(info.value.exceptions) == 2
+        await asyncio.gather(*tasks)
+
+    with caplog.at_level(logging.ERROR, logger="scoped_session"):
+        asyncio.run(main())
+
+
+# -- the registry and bad input ------------------------------------------------------------
+
+
+def test_keyword_arguments_and_the_registry() -> None:
+    Session = AsyncScopedSession(AsyncTrivialSession)
+
+    async def main() -> None:
+        session = Session(bind="x")
+        assert session.kw == {"bind": "x"}
+        with pytest.raises(SessionAlreadyPresent, match="already present"):
+            Session(bind="y")
+        Session.registry.clear()  # forgotten, not closed
+        assert session.closed == 0
+        assert not Session.registry.has()
+        mine = AsyncTrivialSession()
+        Session.registry.set(mine)
+        assert Session() is mine
+        assert Session.registry() is mine
+        await Session.remove()
+        assert mine.closed == 1
+
+    asyncio.run(main())
+
+
+def test_configure_warns_when_sessions_exist(sqlite_adb: AsyncDB) -> None:
+    async def body(db: AsyncDatabase) -> None:
+        Session = scoped(db)
+        Session.configure(expire_on_commit=False)
+        assert Session().sync_session.expire_on_commit is False
+        with pytest.warns(UserWarning, match="already present"):
+            Session.configure(expire_on_commit=True)
+        await Session.remove()
+
+    sqlite_adb.run(body)
+
+
+def test_bad_arguments_say_what_to_do() -> None:
+    with pytest.raises(TypeError, match="async_sessionmaker"):
+        AsyncScopedSession(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="asyncio task"):
+        AsyncScopedSession(AsyncTrivialSession, lambda: 1)
+    assert repr(AsyncScopedSession(AsyncTrivialSession, asyncio.current_task)) == (
+        "<AsyncScopedSession scope=context>"
+    )
+    with pytest.raises(ValueError, match="scope='context'"):
+        AsyncScopedSession(AsyncTrivialSession, scope="thread")
+    with pytest.raises(TypeError, match="strict"):
+        AsyncScopedSession(AsyncTrivialSession, strict="yes")  # type: ignore[arg-type]
+    Session = AsyncScopedSession(AsyncTrivialSession)
+    with pytest.raises(TypeError, match="async with"), Session.scope():
+        pass
+    with pytest.raises(TypeError, match="with parentheses"):
+        Session.scope(lambda: None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="coroutine functions"):
+        Session.scope()(lambda: None)
+
+
+def test_a_unit_cannot_start_twice() -> None:
+    Session = AsyncScopedSession(AsyncTrivialSession)
+
+    async def main() -> None:
+        unit = Session.scope().start()
+        with pytest.raises(ScopedSessionError, match="already started"):
+            unit.start()
+        await unit.end()
+        await unit.end()  # again: nothing
+        assert not unit.active
+
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+def test_a_fork_child_starts_with_no_sessions_and_closes_none() -> None:
+    Session = AsyncScopedSession(AsyncTrivialSession)
+    parent = Session()  # outside any loop: the caller's context holds it
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, 3.12+
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        status = 1
+        try:
+
+            async def child() -> bool:
+                return Session.registry.has() or Session() is parent
+
+            if not Session.registry.has() and not asyncio.run(child()) and parent.closed == 0:
+                status = 0
+        finally:
+            os.write(write, b"x")
+            os._exit(status)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert Session() is parent
+    assert parent.closed == 0
