@@ -27,7 +27,7 @@ import warnings
 import weakref
 
 from ._exceptions import NoScopeError, ScopedSessionError, SessionAlreadyPresent
-from ._scopes import EMPTY, Cell, ContextScope, KeyedScope, Scope, Stats, ThreadScope
+from ._scopes import _GIL, EMPTY, Cell, ContextScope, KeyedScope, Scope, Stats, ThreadScope
 
 __all__ = [
     "QueryProperty",
@@ -516,9 +516,11 @@ class ScopedSession(t.Generic[S]):
             cell = Cell(self._stats)
             cell.label = _caller_label(scope.kind)
             scope.install(cell)
-        if implicit:
+        if implicit and cell.origin is None:
             # Only a session made outside a unit of work can be left for a
-            # finalizer to close: remember where, for its warning. Two frames
+            # finalizer to close: remember where, for its warning. Once per
+            # cell (a thread's or context's, reused after remove()): a frame
+            # lookup costs about a sixth of a whole get/remove cycle. Two frames
             # up is the caller of the proxy member that called this, unless
             # that is the library's own code too (then walk on).
             frame: types.FrameType | None = sys._getframe(2)
@@ -541,24 +543,35 @@ class ScopedSession(t.Generic[S]):
         raises; that error propagates. Inside a unit of work the unit stays open
         and the next use makes a new session, which the unit will end.
         """
-        session = self._forget()
+        try:
+            cell = self._slot.cell
+        except AttributeError:  # this thread never had one
+            return
+        if cell.ended:
+            cell = self._resolve() or EMPTY
+        session: S | None = cell.session
+        if session is not None:
+            # A real cell (a NoCell holds nothing). Under the GIL no other
+            # thread runs between the read above and this store: of an owner's
+            # remove() and another thread's end of the unit, one gets it.
+            if _GIL:
+                cell.session = None
+            else:  # pragma: no cover - free-threaded builds
+                session = cell.take()
+        if not (cell.depth or self._keeps_cells) and cell.is_cell:
+            self._scope.release(cell)
         if session is not None:
             self._stats.removed += 1
             session.close()
 
     def _forget(self) -> S | None:
-        """Take the caller's session out of its cell and return it (or None).
-
-        A cell outside any unit of work is released with it; a unit's cell stays.
-        """
-        try:
-            cell = self._slot.cell
-        except AttributeError:  # this thread never had one
+        """Take the caller's session out of its cell without closing it (for
+        ``registry.clear()``); a cell outside any unit of work is released."""
+        cell = self._resolve()
+        if cell is None:
             return None
-        if cell.ended:
-            cell = self._resolve() or EMPTY
-        session: S | None = None if cell.session is None else cell.take()
-        if not (cell.depth or self._keeps_cells) and cell.is_cell:
+        session: S | None = cell.take()
+        if not (cell.depth or self._keeps_cells):
             self._scope.release(cell)
         return session
 

@@ -96,12 +96,13 @@ class Cell:
     #: What the cell is for (a thread's name, a WSGI environ, a job), for the
     #: reap warning; unset unless its maker had one at hand.
     label: object
-    #: Where its session was made outside a unit of work: (code, offset of the
-    #: instruction); unset otherwise.
+    #: Where its first session was made outside a unit of work: (code, offset
+    #: of the instruction); None otherwise.
     origin: tuple[types.CodeType, int] | None
 
     def __init__(self, stats: Stats, prev: Cell | None = None, depth: int = 0) -> None:
         self.session = None
+        self.origin = None
         self.stats = stats
         self.prev = prev
         self.depth = depth
@@ -148,7 +149,7 @@ class Cell:
                 " remove()%s. Call Session.remove() at its end, or use"
                 " Session.scope() or an integration.",
                 describe(getattr(self, "label", None), self.depth),
-                origin_text(getattr(self, "origin", None)),
+                origin_text(self.origin),
             )
             result = session.close()
             if inspect.isawaitable(result):
@@ -192,7 +193,7 @@ def origin_text(origin: tuple[types.CodeType, int] | None) -> str:
         (line for start, end, line in code.co_lines() if start <= offset < end),
         code.co_firstlineno,
     )
-    return f" (the session was made at {code.co_filename}:{line})"
+    return f" (its first session was made at {code.co_filename}:{line})"
 
 
 class NoCell:
