@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{cycles:,} get/remove cycles: tracemalloc growth {growth:+,} bytes,"
         f" sessions left in the registry: {live} {'ok' if ok else 'MISSED'}"
     )
+    for registry in (ours, theirs, ours_keyed, theirs_keyed):
+        registry.remove()
     return 1 if failed else 0
 
 

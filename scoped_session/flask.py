@@ -76,16 +76,20 @@ class _AppState:
 class _Deferred:
     """A context whose end was handed to its streamed response.
 
-    Flask pops the context before a ``stream_with_context`` body runs, and the
-    body pushes it again: the first pop leaves the session open, the second
-    (the body is over) ends it. A body that never ran is ended by the
-    response's ``close()``. ``commit`` says whether the body's writes are to be
-    committed; ``error`` is how the context was first left.
+    A teardown that runs while the body's generator is running comes from the
+    body's end (exhausted, failed, or closed because the client went away):
+    it ends the session. Flask 3.1 also pops the context once before the body
+    runs (``stream_with_context`` pushes it again): that teardown leaves the
+    session open. Flask 3.0 keeps the context pushed until the body is over.
+    A body that never ran is ended by the response's ``close()``. ``commit``
+    says whether the writes are to be committed; ``error`` is how the context
+    was first left.
     """
 
-    __slots__ = ("commit", "error", "left")
+    __slots__ = ("body", "commit", "error", "left")
 
-    def __init__(self, commit: bool) -> None:
+    def __init__(self, body: GeneratorType[t.Any, t.Any, t.Any], commit: bool) -> None:
+        self.body = body
         self.commit = commit
         self.error: BaseException | None = None
         self.left = False
@@ -264,7 +268,7 @@ class FlaskScopedSession(ScopedSession[S]):
             # would hand the session's connection back to the pool while the
             # body may still read a result the view opened on it, and another
             # request could get that connection meanwhile.
-            deferred = _Deferred(commit)
+            deferred = _Deferred(response.response, commit)
             setattr(context, scope.state_attr, deferred)
             response.call_on_close(functools.partial(self._close_deferred, context, deferred))
             return response
@@ -294,7 +298,7 @@ class FlaskScopedSession(ScopedSession[S]):
         deferred: _Deferred | None = found.get(state_attr)
         if deferred is None:
             self._end_context(context, exc, commit=False)
-        elif not deferred.left:
+        elif not (deferred.left or deferred.body.gi_running):
             deferred.left = True
             deferred.error = exc
         else:

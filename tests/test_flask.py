@@ -258,15 +258,15 @@ def test_stream_uses_the_view_session_and_closes_it_once(db: Database) -> None:
     chunks = iter(response.response)
     assert next(chunks) == b"a"
     session = seen["view"]
-    # Flask popped the context once already (its first teardown), and the
-    # session is still open: the body is using it.
-    assert seen["teardowns"] == [("NoneType", 0)]
+    # Flask 3.1 popped the context once already (its first teardown; 3.0 keeps
+    # it pushed), and the session is still open: the body is using it.
+    assert seen["teardowns"] in ([("NoneType", 0)], [])
     assert session.closes == 0
     assert list(chunks) == [b"b", b"c"]
     # The body is over, which popped the context again: that ends the session,
     # without waiting for close() (werkzeug's server skips close() when the
     # client resets the connection after a complete body).
-    assert seen["teardowns"] == [("NoneType", 0), ("NoneType", 0)]
+    assert seen["teardowns"][-1] == ("NoneType", 0)
     assert session.closes == 1
     response.close()
     assert session.closes == 1
@@ -332,7 +332,9 @@ def test_stream_that_never_ran_is_closed_with_its_response(sqlite_engine: sa.Eng
     assert seen["view"].closes == 0
     body.close()  # type: ignore[attr-defined]  # before the body ran: never pushed again
     assert seen["view"].closes == 1
-    assert seen["teardowns"] == [("NoneType", 0)]
+    # Flask 3.1 popped the context before the body; 3.0 pops it when the
+    # body's generator is closed.
+    assert seen["teardowns"] in ([("NoneType", 0)], [("GeneratorExit", 0)])
     assert checkedout(sqlite_engine) == 0
 
 
