@@ -319,7 +319,36 @@ class SessionStats(t.NamedTuple):
     reaped: int
 
 
-class ScopedSession(t.Generic[S]):
+class RegistryBase:
+    """What the sync and async registries share: their scope's name, a repr that
+    leaves the factory out, and ``in`` and iteration over the caller's session."""
+
+    __slots__ = ()
+
+    _scope: t.Any
+
+    if t.TYPE_CHECKING:
+
+        def __call__(self) -> t.Any: ...
+
+    @property
+    def scope_kind(self) -> str:
+        """Where this registry's sessions live: ``"thread"``, ``"context"``,
+        ``"scopefunc"``, or an integration's own (``"flask"``)."""
+        return self._scope.kind  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        # The factory's repr is left out: it can hold a database URL.
+        return f"<{type(self).__name__} scope={self._scope.kind}>"
+
+    def __contains__(self, instance: object) -> bool:
+        return instance in self()
+
+    def __iter__(self) -> t.Iterator[t.Any]:
+        return iter(self())
+
+
+class ScopedSession(RegistryBase, t.Generic[S]):
     """A registry of sessions, one per thread, context or custom key, and a proxy
     to the caller's session.
 
@@ -358,6 +387,7 @@ class ScopedSession(t.Generic[S]):
     )
 
     session_factory: t.Callable[..., S]
+    _scope: Scope
 
     def __init__(
         self,
@@ -653,25 +683,9 @@ class ScopedSession(t.Generic[S]):
         caller's session (like SQLAlchemy's ``scoped_session.query_property``)."""
         return QueryProperty(self, query_cls)
 
-    @property
-    def scope_kind(self) -> str:
-        """Where this registry's sessions live: ``"thread"``, ``"context"``,
-        ``"scopefunc"``, or an integration's own (``"flask"``)."""
-        return self._scope.kind
-
-    def __repr__(self) -> str:
-        # The factory's repr is left out: it can hold a database URL.
-        return f"<{type(self).__name__} scope={self._scope.kind}>"
-
     # -- the proxy ------------------------------------------------------------
     # The forwarding members are generated below the class (see
-    # _proxy_namespace); here are their types, and the rest by hand.
-
-    def __contains__(self, instance: object) -> bool:
-        return instance in self()  # type: ignore[operator]
-
-    def __iter__(self) -> t.Iterator[t.Any]:
-        return iter(self())  # type: ignore[call-overload,no-any-return]
+    # _proxy_namespace); here are their types.
 
     if t.TYPE_CHECKING:
 

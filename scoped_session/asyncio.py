@@ -55,6 +55,7 @@ import weakref
 
 from . import _tasks
 from ._exceptions import ConcurrentUseError, ScopedSessionError, SessionAlreadyPresent
+from ._proxy import RegistryBase
 from ._scopes import Stats
 from ._tasks import (
     C_CURRENT_TASK,
@@ -248,7 +249,7 @@ def _proxy_namespace() -> dict[str, t.Any]:
     return members
 
 
-class AsyncScopedSession(t.Generic[AS]):
+class AsyncScopedSession(RegistryBase, t.Generic[AS]):
     """A registry of async sessions, one per asyncio task, and a proxy to the
     caller's session.
 
@@ -297,7 +298,7 @@ class AsyncScopedSession(t.Generic[AS]):
         self.session_factory = session_factory
         self.strict = strict
         self._stats = Stats()
-        self._scope = TaskScope()
+        self._scope: TaskScope = TaskScope()
         self._get = self._scope.var.get
         self._checked_type: type[t.Any] | None = None
         self.registry = _AsyncRegistry(self)
@@ -512,17 +513,7 @@ class AsyncScopedSession(t.Generic[AS]):
         self._stats = Stats()
         self._get = self._scope.var.get
 
-    def __repr__(self) -> str:
-        # The factory's repr is left out: it can hold a database URL.
-        return f"<{type(self).__name__} scope={self._scope.kind}>"
-
     # -- the proxy -------------------------------------------------------------------
-
-    def __contains__(self, instance: object) -> bool:
-        return instance in self()  # type: ignore[operator]
-
-    def __iter__(self) -> t.Iterator[t.Any]:
-        return iter(self())  # type: ignore[call-overload,no-any-return]
 
     if t.TYPE_CHECKING:
 
