@@ -60,7 +60,11 @@ def test_mixed_load(pg_url: str, tmp_path: Path) -> None:
         assert missing == [], name
     growth = run.memory_growth()
     assert growth["gunicorn"][0] < RSS_GROWTH_LIMIT_KB, growth
-    assert growth["werkzeug"][0] < RSS_GROWTH_LIMIT_IN_PROCESS_KB, growth
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        # Without it (set by tox's load env) glibc's arenas alone have grown the
+        # in-process server by tens of MB in a run whose Python heap grew by a
+        # few hundred blocks: resident memory says nothing about leaks there.
+        assert growth["werkzeug"][0] < RSS_GROWTH_LIMIT_IN_PROCESS_KB, growth
     # Python's heap settles a little more after the warm-up (a few thousand
     # blocks at most: caches, pools, peak concurrency), far less than one block
     # per request of a default run: a session, a cell or a frame kept per
