@@ -40,8 +40,9 @@ from flask import Flask, Response
 from flask.globals import _cv_app
 
 from ._exceptions import NoScopeError, ScopedSessionError
-from ._proxy import ScopedSession, _Closeable
+from ._proxy import ScopedSession
 from ._scopes import Cell, CellTracker, NoCell
+from ._units import _Closeable
 
 __all__ = ["FlaskScopedSession"]
 
