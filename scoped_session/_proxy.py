@@ -25,7 +25,7 @@ import warnings
 import weakref
 
 from ._exceptions import NoScopeError, SessionAlreadyPresent
-from ._scopes import _GIL, EMPTY, Cell, ContextScope, KeyedScope, Scope, Stats, ThreadScope
+from ._scopes import EMPTY, Cell, ContextScope, KeyedScope, Scope, Stats, ThreadScope
 from ._units import QueryProperty, UnitOfWork, _Closeable, _Registry
 
 __all__ = [
@@ -577,15 +577,7 @@ class ScopedSession(RegistryBase, t.Generic[S]):
             return
         if cell.ended:
             cell = self._resolve() or EMPTY
-        session: S | None = cell.session
-        if session is not None:
-            # A real cell (a NoCell holds nothing). Under the GIL no other
-            # thread runs between the read above and this store: of an owner's
-            # remove() and another thread's end of the unit, one gets it.
-            if _GIL:
-                cell.session = None
-            else:  # pragma: no cover - free-threaded builds
-                session = cell.take()
+        session: S | None = cell.take()
         if not (cell.depth or self._keeps_cells) and cell.is_cell:
             self._scope.release(cell)
         if session is not None:
