@@ -371,7 +371,6 @@ class ScopedSession(RegistryBase, t.Generic[S]):
         "_keyed_cells",
         "_keyed_func",
         "_last_type",
-        "_locked",
         "_needs_hook",
         "_public_class",
         "_scope",
@@ -448,7 +447,6 @@ class ScopedSession(RegistryBase, t.Generic[S]):
         keyed = isinstance(scope, KeyedScope)
         # Two threads can share a custom key; the slow path must not race there.
         self._create_lock = threading.RLock() if keyed else None
-        self._locked = keyed
         if keyed:
             self._keyed_cells = scope._cells  # type: ignore[attr-defined]
             self._keyed_func = scope.scopefunc  # type: ignore[attr-defined]
@@ -466,7 +464,8 @@ class ScopedSession(RegistryBase, t.Generic[S]):
         return False
 
     def _switch_class(self) -> None:
-        cls = _variant(self._public_class, self._keyed, self._locked, self._hooked)
+        locked = self._create_lock is not None
+        cls = _variant(self._public_class, self._keyed, locked, self._hooked)
         if self.__class__ is not cls:
             self.__class__ = cls
 
