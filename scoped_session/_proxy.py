@@ -366,13 +366,13 @@ class ScopedSession(RegistryBase, t.Generic[S]):
         "__weakref__",
         "_create_lock",
         "_hooked",
-        "_keeps_cells",
         "_keyed",
         "_keyed_cells",
         "_keyed_func",
         "_last_type",
         "_needs_hook",
         "_public_class",
+        "_release",
         "_scope",
         "_seen_types",
         "_slot",
@@ -443,7 +443,7 @@ class ScopedSession(RegistryBase, t.Generic[S]):
         of their own, like Flask's application context, call this)."""
         self._scope = scope
         self._slot = scope.slot
-        self._keeps_cells = scope.keeps_cells
+        self._release = scope.release
         keyed = isinstance(scope, KeyedScope)
         # Two threads can share a custom key; the slow path must not race there.
         self._create_lock = threading.RLock() if keyed else None
@@ -577,8 +577,9 @@ class ScopedSession(RegistryBase, t.Generic[S]):
         if cell.ended:
             cell = self._resolve() or EMPTY
         session: S | None = cell.take()
-        if not (cell.depth or self._keeps_cells) and cell.is_cell:
-            self._scope.release(cell)
+        release = self._release
+        if release is not None and not cell.depth and cell.is_cell:
+            release(cell)
         if session is not None:
             self._stats.removed += 1
             session.close()
@@ -590,8 +591,8 @@ class ScopedSession(RegistryBase, t.Generic[S]):
         if cell is None:
             return None
         session: S | None = cell.take()
-        if not (cell.depth or self._keeps_cells):
-            self._scope.release(cell)
+        if self._release is not None and not cell.depth:
+            self._release(cell)
         return session
 
     def remove_all(self) -> int:

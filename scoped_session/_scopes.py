@@ -223,8 +223,12 @@ class Scope(t.Protocol):
     """What the proxy needs from a scope."""
 
     kind: str
-    #: Whether ``release()`` keeps the cell (then the proxy does not call it).
-    keeps_cells: bool
+
+    @property
+    def release(self) -> t.Callable[[Cell], None] | None:
+        """Called when ``remove()`` emptied the caller's cell outside any unit
+        of work, to drop it; ``None`` for a scope that keeps empty cells for
+        reuse (then nothing is called on that path at all)."""
 
     @property
     def slot(self) -> t.Any:
@@ -235,9 +239,6 @@ class Scope(t.Protocol):
 
     def install(self, cell: Cell | None) -> None:
         """Make ``cell`` the caller's cell (``None``: the caller has none)."""
-
-    def release(self, cell: Cell) -> None:
-        """The caller's ``cell`` was emptied by ``remove()``: drop or keep it."""
 
     def cells(self) -> list[Cell]:
         """A snapshot of every live cell of this scope."""
@@ -276,7 +277,9 @@ class ThreadScope:
     """
 
     kind = "thread"
-    keeps_cells = True
+    #: An empty cell stays for reuse: get/remove cycles allocate nothing. It
+    #: holds no session and goes away with its thread.
+    release = None
 
     def __init__(self) -> None:
         self.reset()
@@ -300,11 +303,6 @@ class ThreadScope:
             self._tracked.add(cell)
             self.slot.cell = cell
 
-    def release(self, cell: Cell) -> None:
-        # An empty cell stays for reuse: get/remove cycles allocate nothing. It
-        # holds no session and goes away with its thread.
-        pass
-
     def cells(self) -> list[Cell]:
         return self._tracked.snapshot()
 
@@ -313,7 +311,7 @@ class ContextScope:
     """One cell per ``contextvars`` context: a thread, an asyncio task, a greenlet."""
 
     kind = "context"
-    keeps_cells = True
+    release = None  # kept for reuse, as in ThreadScope; it dies with its context
 
     def __init__(self) -> None:
         self.reset()
@@ -340,9 +338,6 @@ class ContextScope:
             self._tracked.add(cell)
             self._var.set(cell)
 
-    def release(self, cell: Cell) -> None:
-        pass  # kept for reuse, as in ThreadScope; it dies with its context
-
     def cells(self) -> list[Cell]:
         return self._tracked.snapshot()
 
@@ -359,7 +354,6 @@ class KeyedScope:
     """One cell per key returned by a user's ``scopefunc`` (SQLAlchemy-compatible)."""
 
     kind = "scopefunc"
-    keeps_cells = False
 
     def __init__(self, scopefunc: t.Callable[[], object]) -> None:
         self.scopefunc = scopefunc

@@ -104,7 +104,7 @@ class AppContextScope:
     """
 
     kind = "flask"
-    keeps_cells = True
+    release = None  # an empty cell stays for reuse; it dies with its context
 
     def __init__(self) -> None:
         self.reset()
@@ -146,9 +146,6 @@ class AppContextScope:
 
     def track(self, cell: Cell) -> None:
         self._tracked.add(cell)
-
-    def release(self, cell: Cell) -> None:
-        pass  # an empty cell stays for reuse; it dies with its context
 
     def cells(self) -> list[Cell]:
         return self._tracked.snapshot()
