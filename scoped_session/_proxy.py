@@ -365,7 +365,6 @@ class ScopedSession(RegistryBase, t.Generic[S]):
     __slots__ = (
         "__weakref__",
         "_create_lock",
-        "_hooked",
         "_keyed",
         "_keyed_cells",
         "_keyed_func",
@@ -424,9 +423,8 @@ class ScopedSession(RegistryBase, t.Generic[S]):
         # The class the caller made; the instance may be switched to a variant
         # of it (see _variant) and back.
         self._public_class = type(self)
-        # On 3.11 __getattr__ stays off until a session shows that the proxy
-        # forwards all its names by itself (see _learn).
-        self._hooked = not _GETATTR_IS_FREE
+        # On 3.11 __getattr__ stays on until a session shows that the proxy
+        # forwards all its names by itself (see _learn and _switch_class).
         self._needs_hook = False
         self._last_type: type[t.Any] | None = None
         self._seen_types: set[type[t.Any]] = set()
@@ -465,7 +463,8 @@ class ScopedSession(RegistryBase, t.Generic[S]):
 
     def _switch_class(self) -> None:
         locked = self._create_lock is not None
-        cls = _variant(self._public_class, self._keyed, locked, self._hooked)
+        hooked = not _GETATTR_IS_FREE and (self._needs_hook or not self._seen_types)
+        cls = _variant(self._public_class, self._keyed, locked, hooked)
         if self.__class__ is not cls:
             self.__class__ = cls
 
@@ -482,9 +481,7 @@ class ScopedSession(RegistryBase, t.Generic[S]):
         names = (name for name in dir(session) if not name.startswith("_"))
         if not all(hasattr(proxy, name) for name in names):
             self._needs_hook = True
-        if self._hooked != self._needs_hook:
-            self._hooked = self._needs_hook
-            self._switch_class()
+        self._switch_class()
 
     # -- the caller's session -------------------------------------------------
 
