@@ -36,6 +36,7 @@ closed when the pool shuts down.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import os
 import threading
@@ -47,6 +48,13 @@ from types import TracebackType
 from ._proxy import ScopedSession, UnitOfWork
 
 __all__ = ["ScopedThreadPoolExecutor", "dispose_engines_after_fork"]
+
+_submit = concurrent.futures.ThreadPoolExecutor.submit
+
+
+def _no_job() -> None:
+    """Bound in the runner cache before any job was submitted (see submit())."""
+
 
 logger = logging.getLogger("scoped_session")
 
@@ -117,7 +125,7 @@ def _end_units(
 
 
 class _ThreadUnits:
-    """The units of work one worker thread keeps open across jobs."""
+    """The units of work one per="thread" worker thread keeps open across jobs."""
 
     __slots__ = ("close_requested", "closed", "running", "units")
 
@@ -141,6 +149,26 @@ class _ThreadUnits:
             return True
         finally:
             self.running.release()
+
+
+def _one_session_job(scoped: ScopedSession[t.Any], fn: t.Callable[..., T]) -> t.Callable[..., T]:
+    """The hot path, per="job" with one ScopedSession and no commit: ``fn`` in a
+    try/finally remove() inside the worker thread's open unit. A closure, not a
+    method or a partial: the worker pays for one call, nothing more."""
+
+    def run(*args: t.Any, **kwargs: t.Any) -> T:
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException:
+            try:
+                scoped.remove()
+            except Exception:
+                logger.error("Closing a job's session failed.", exc_info=True)
+            raise
+        scoped.remove()
+        return result
+
+    return run
 
 
 class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
@@ -181,7 +209,13 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
             )
         if not isinstance(commit, bool):
             raise TypeError(f"commit must be True or False; got {type(commit).__name__}.")
-        super().__init__(max_workers, **executor_kwargs)
+        initializer = executor_kwargs.pop("initializer", None)
+        initargs = tuple(executor_kwargs.pop("initargs", ()))
+        if initializer is not None and not callable(initializer):
+            raise TypeError(
+                f"initializer must be a callable (run once in each worker thread);"
+                f" got an object of type {type(initializer).__name__}."
+            )
         self._sessions = scoped
         self._per = per
         self._commit = commit
@@ -189,13 +223,33 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
         self._states: list[_ThreadUnits] = []
         self._states_lock = threading.Lock()
         self._closing = False
-        self._run: t.Callable[[t.Callable[..., t.Any], tuple[t.Any, ...], dict[str, t.Any]], t.Any]
-        # Both modes keep a unit of work open on each worker thread; per="job"
-        # removes the job's sessions after each job inside it. That is a unit
-        # of work per job (a fresh session, committed, closed; a nested
-        # Session.scope() joins it) at the cost of a hand-written remove().
-        self._run = self._run_in_thread_units
-        self._only = scoped[0] if per == "job" and len(scoped) == 1 and not commit else None
+        #: Wraps a job's function in what runs it on a worker thread.
+        self._wrap: t.Callable[[t.Callable[..., t.Any]], t.Callable[..., t.Any]]
+        if per == "job":
+            # Each worker thread opens a unit of work per ScopedSession when it
+            # starts and keeps it open; a job's sessions are removed inside it
+            # when the job ends. That is a unit of work per job (a fresh
+            # session, committed, closed; a nested Session.scope() joins it) at
+            # the cost of a hand-written remove(). Between jobs the thread's
+            # units hold no session, so nothing is left to close at shutdown and
+            # a job needs no lock against it.
+            super().__init__(
+                max_workers,
+                initializer=self._open_job_units,
+                initargs=(initializer, initargs),
+                **executor_kwargs,
+            )
+            if len(scoped) == 1 and not commit:
+                self._wrap = functools.partial(_one_session_job, scoped[0])
+            else:
+                self._wrap = functools.partial(functools.partial, self._run_job)
+        else:
+            super().__init__(
+                max_workers, initializer=initializer, initargs=initargs, **executor_kwargs
+            )
+            self._wrap = functools.partial(functools.partial, self._run_per_thread)
+        #: The last function submitted, and its wrapper (see submit()).
+        self._last: tuple[t.Callable[..., t.Any], t.Callable[..., t.Any]] = (_no_job, _no_job)
 
     @property
     def per(self) -> str:
@@ -206,14 +260,49 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
         self, fn: t.Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
     ) -> concurrent.futures.Future[T]:
         """Schedule ``fn(*args, **kwargs)`` to run with its session(s)."""
-        return super().submit(self._run, fn, args, kwargs)
+        # The job goes to the base class's submit() inside a runner that ends
+        # its unit of work. The runner of the last function submitted is used
+        # again (a pool mostly runs one function over many arguments), so a
+        # queued job holds no object a plain ThreadPoolExecutor's would not:
+        # with thousands queued, each extra one is measurable garbage-collector
+        # work. One attribute read: safe with several submitting threads. The
+        # base method is called directly, as super() makes a proxy per call.
+        last, runner = self._last
+        if last is not fn:
+            runner = self._wrap(fn)
+            self._last = (fn, runner)
+        return _submit(self, runner, *args, **kwargs)
 
     # -- per="job" --------------------------------------------------------------
+
+    def _open_job_units(
+        self, initializer: t.Callable[..., object] | None, initargs: tuple[t.Any, ...]
+    ) -> None:
+        """Start a worker thread: the user's initializer, then the thread's units.
+
+        Opened after the initializer: a session it made is shadowed, not handed
+        to the first job (it comes back if the thread's units ever end).
+        """
+        if initializer is not None:
+            initializer(*initargs)
+        label = f"the worker thread {threading.current_thread().name!r}"
+        self._local.units = [UnitOfWork(s, False, label).start() for s in self._sessions]
+
+    def _run_job(self, fn: t.Callable[..., T], /, *args: t.Any, **kwargs: t.Any) -> T:
+        units: list[UnitOfWork[t.Any]] = self._local.units
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._end_job(units, exc)
+            raise
+        self._end_job(units, None)
+        return result
 
     def _run_per_job(
         self, fn: t.Callable[..., T], args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
     ) -> T:
-        # Units of the job's own: for jobs that run while the pool shuts down.
+        """Run a job in units of its own: per="thread" jobs that run once the
+        pool's shutdown has closed their thread's session."""
         units: list[UnitOfWork[t.Any]] = []
         try:
             for scoped in self._sessions:
@@ -225,7 +314,7 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
         _end_units(units, None)
         return result
 
-    def _end_job(self, state: _ThreadUnits, error: BaseException | None) -> None:
+    def _end_job(self, units: list[UnitOfWork[t.Any]], error: BaseException | None) -> None:
         """Commit (when asked and the job returned), then close and forget the
         job's sessions; the thread's units stay open for the next job.
 
@@ -235,7 +324,7 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
         """
         first: BaseException | None = None
         committing = self._commit and error is None
-        for unit, scoped in zip(state.units, self._sessions, strict=True):
+        for unit, scoped in zip(units, self._sessions, strict=True):
             session = unit.session
             if session is None:
                 continue
@@ -275,9 +364,7 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
         self._local.state = state
         return state
 
-    def _run_in_thread_units(
-        self, fn: t.Callable[..., T], args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
-    ) -> T:
+    def _run_per_thread(self, fn: t.Callable[..., T], /, *args: t.Any, **kwargs: t.Any) -> T:
         state: _ThreadUnits | None = getattr(self._local, "state", None)
         if state is None:
             state = self._thread_units()
@@ -289,27 +376,13 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
             running.release()
             return self._run_per_job(fn, args, kwargs)
         try:
-            if self._per == "thread":
-                return self._job_in_thread_session(state, fn, args, kwargs)
-            only = self._only
-            if only is None:
-                try:
-                    result = fn(*args, **kwargs)
-                except BaseException as exc:
-                    self._end_job(state, exc)
-                    raise
-                self._end_job(state, None)
-                return result
-            # One session, no commit: the hot path, a try/finally remove().
             try:
                 result = fn(*args, **kwargs)
             except BaseException:
-                try:
-                    only.remove()
-                except Exception:
-                    logger.error("Closing a job's session failed.", exc_info=True)
+                self._recover(state)
                 raise
-            only.remove()
+            if self._commit:
+                self._commit_thread(state)
             return result
         finally:
             running.release()
@@ -317,22 +390,6 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
                 # shutdown(wait=False) ran during this job; nobody is left to
                 # raise to, and the job's own outcome must stand.
                 _end_units(state.units, None, commit=False, raise_first=False)
-
-    def _job_in_thread_session(
-        self,
-        state: _ThreadUnits,
-        fn: t.Callable[..., T],
-        args: tuple[t.Any, ...],
-        kwargs: dict[str, t.Any],
-    ) -> T:
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException:
-            self._recover(state)
-            raise
-        if self._commit:
-            self._commit_thread(state)
-        return result
 
     def _commit_thread(self, state: _ThreadUnits) -> None:
         for unit in state.units:
@@ -384,6 +441,7 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
         self._close_thread_units(raise_first=True)
 
     def _close_thread_units(self, *, raise_first: bool) -> None:
+        self._last = (_no_job, _no_job)  # let the last job's function go
         with self._states_lock:
             self._closing = True
             states, self._states = self._states, []

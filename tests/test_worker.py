@@ -65,6 +65,44 @@ def test_rejects_bad_arguments() -> None:
         ScopedThreadPoolExecutor(Session, commit="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_workers"):
         ScopedThreadPoolExecutor(Session, max_workers=0)
+    for per in ("job", "thread"):
+        with pytest.raises(TypeError, match="initializer must be a callable"):
+            ScopedThreadPoolExecutor(Session, per=per, initializer=42)
+
+
+@pytest.mark.parametrize("per", ["job", "thread"])
+def test_initializer_runs_once_per_thread_with_its_args(per: t.Literal["job", "thread"]) -> None:
+    Session = ScopedSession(TrivialSession)
+    seen: list[tuple[str, int]] = []
+    with ScopedThreadPoolExecutor(
+        Session,
+        max_workers=1,
+        per=per,
+        initializer=lambda a, b: seen.append((a, b)),
+        initargs=("x", 1),
+        thread_name_prefix="init-test",
+    ) as pool:
+        names = [
+            pool.submit(lambda: threading.current_thread().name).result(WAIT) for _ in range(3)
+        ]
+    assert seen == [("x", 1)]
+    assert set(names) == {"init-test_0"}
+
+
+def test_a_failing_initializer_breaks_the_pool_as_the_base_class_does() -> None:
+    from concurrent.futures.thread import BrokenThreadPool
+
+    Session = ScopedSession(TrivialSession)
+
+    def bad() -> None:
+        raise RuntimeError("initializer failed")
+
+    with (
+        ScopedThreadPoolExecutor(Session, max_workers=1, initializer=bad) as pool,
+        pytest.raises(BrokenThreadPool),
+    ):
+        pool.submit(Session).result(WAIT)
+    assert Session._stats.created == 0
 
 
 # -- per="job" ------------------------------------------------------------------
@@ -165,6 +203,97 @@ def test_per_job_close_failure_keeps_the_jobs_exception(caplog: pytest.LogCaptur
         assert isinstance(pool.submit(Session).exception(timeout=WAIT), OSError)
     assert "Closing a job's session failed" in caplog.text
     assert Session._stats.created == Session._stats.removed == 2
+
+
+@pytest.mark.parametrize("per", ["job", "thread"])
+def test_each_future_gets_its_own_functions_result_with_several_submitters(
+    per: t.Literal["job", "thread"],
+) -> None:
+    Session = ScopedSession(TrivialSession)
+
+    def double(n: int) -> tuple[str, int]:
+        Session()
+        return ("double", 2 * n)
+
+    def square(n: int) -> tuple[str, int]:
+        Session()
+        return ("square", n * n)
+
+    with ScopedThreadPoolExecutor(Session, max_workers=4, per=per) as pool:
+
+        def submitter(k: int) -> list[tuple[Future[tuple[str, int]], tuple[str, int]]]:
+            fns = (double, square)
+            out = []
+            for n in range(300):
+                fn = fns[(n + k) % 2]
+                out.append((pool.submit(fn, n), fn(n)))
+            return out
+
+        with ScopedThreadPoolExecutor(Session, max_workers=4) as submitters:
+            batches = [f.result(WAIT) for f in [submitters.submit(submitter, k) for k in range(4)]]
+    pairs = [pair for batch in batches for pair in batch]
+    assert [future.result(WAIT) for future, _ in pairs] == [want for _, want in pairs]
+
+
+def test_the_pool_lets_the_last_submitted_function_go_at_shutdown() -> None:
+    Session = ScopedSession(TrivialSession)
+
+    class Job:
+        def __call__(self) -> None:
+            Session()
+
+    job = Job()
+    gone = weakref.ref(job)
+    pool = ScopedThreadPoolExecutor(Session, max_workers=1)
+    pool.submit(job).result(WAIT)
+    del job
+    pool.shutdown(wait=True)
+    gc.collect()
+    assert gone() is None
+
+
+def test_per_job_nested_scope_joins_the_jobs_unit() -> None:
+    Session = ScopedSession(TrivialSession)
+
+    def job() -> tuple[TrivialSession, TrivialSession, int]:
+        with Session.scope(commit=True) as inner:
+            pass
+        # The nested scope joined the job's unit: the session lives on.
+        return inner, Session(), inner.closed
+
+    with ScopedThreadPoolExecutor(Session, max_workers=1, commit=True) as pool:
+        inner, after, closed_inside = pool.submit(job).result(WAIT)
+        second = pool.submit(Session).result(WAIT)
+    assert inner is after
+    assert closed_inside == 0
+    assert inner.closed == 1
+    assert inner.committed == 1
+    assert second is not inner
+    assert second.closed == 1
+
+
+def test_per_job_shutdown_without_wait_running_and_queued_jobs_close_their_sessions() -> None:
+    Session = ScopedSession(TrivialSession)
+    started, release = threading.Event(), threading.Event()
+
+    def blocked() -> TrivialSession:
+        session = Session()
+        started.set()
+        assert release.wait(WAIT)
+        return session
+
+    pool = ScopedThreadPoolExecutor(Session, max_workers=1)
+    future = pool.submit(blocked)
+    queued = [pool.submit(Session) for _ in range(3)]
+    assert started.wait(WAIT)
+    pool.shutdown(wait=False)
+    release.set()
+    sessions = [future.result(WAIT)] + [f.result(WAIT) for f in queued]
+    assert len({id(s) for s in sessions}) == 4
+    assert [s.closed for s in sessions] == [1, 1, 1, 1]
+    pool.shutdown(wait=True)
+    assert Session._stats.created == Session._stats.removed == 4
+    assert Session.remove_all() == 0
 
 
 def test_per_job_shadows_a_session_the_worker_made_outside(sqlite_engine: sa.Engine) -> None:
