@@ -50,8 +50,11 @@ Task = asyncio.Task[t.Any]
 # -- who is calling ----------------------------------------------------------------------
 # The proxy compares the caller's task with the one allowed to use a cell without
 # checks, on every access. Python 3.12+ has a C current_task(); 3.11's is written in
-# Python and costs more than the rest of the lookup, so there the C dict it reads is
-# used directly.
+# Python, and its C get_running_loop() makes a getpid() system call on every call
+# (its check against a forked child), which costs more than the rest of the lookup
+# together. There the running loop is kept per thread, checked against the thread
+# running it, and dropped in a fork child; the C dict of current tasks is read
+# directly.
 
 get_running_loop = asyncio.events._get_running_loop
 if sys.version_info >= (3, 12):
@@ -69,10 +72,34 @@ else:  # Python 3.11
     current_tasks: dict[asyncio.AbstractEventLoop | None, Task] = vars(asyncio.tasks)[
         "_current_tasks"
     ]
+    _here = threading.local()
+    _get_ident = threading.get_ident
+
+    def running_loop() -> asyncio.AbstractEventLoop | None:
+        """This thread's running event loop, or None: get_running_loop() without
+        a system call once the thread's loop is known."""
+        try:
+            loop: asyncio.AbstractEventLoop = _here.loop
+            # An asyncio loop records the thread running it, None once stopped.
+            if loop._thread_id == _get_ident():  # type: ignore[attr-defined]
+                return loop
+        except AttributeError:  # not known yet, or a loop that does not say
+            pass
+        running = get_running_loop()
+        if running is not None and getattr(running, "_thread_id", None) is not None:
+            _here.loop = running
+        return running
+
+    def _forget_loop_in_child() -> None:
+        # The child's copy of the forking thread would still name the parent's
+        # loop, which does not run here.
+        vars(_here).clear()
+
+    os.register_at_fork(after_in_child=_forget_loop_in_child)
 
     def owner() -> Task | None:
         """The calling task, or None outside any task."""
-        return current_tasks.get(get_running_loop())
+        return current_tasks.get(running_loop())
 
 
 class Marker:

@@ -226,7 +226,7 @@ def _proxy_namespace() -> dict[str, t.Any]:
     if C_CURRENT_TASK:
         env["current_task"] = asyncio.current_task
     else:  # Python 3.11
-        env["tasks"], env["running_loop"] = _tasks.current_tasks.get, get_running_loop
+        env["tasks"], env["running_loop"] = _tasks.current_tasks.get, _tasks.running_loop
     fmt = {"is_mine": _IS_MINE, "not_mine": _NOT_MINE}
     source = _CALL_TEMPLATE.format(**fmt)
     source += "".join(_METHOD_TEMPLATE.format(name=name, **fmt) for name in _CALLS)

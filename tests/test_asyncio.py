@@ -776,3 +776,89 @@ def test_a_fork_child_starts_with_no_sessions_and_closes_none() -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert Session() is parent
     assert parent.closed == 0
+
+
+# -- who is calling: the running loop per thread (a cache on Python 3.11) ----------------
+
+
+def test_the_caller_is_found_across_loops_threads_and_a_loop_moving_threads() -> None:
+    import threading
+
+    from scoped_session._tasks import owner
+
+    async def me() -> bool:
+        return owner() is asyncio.current_task()
+
+    assert owner() is None
+    assert asyncio.run(me())
+    assert owner() is None  # the loop has stopped
+    assert asyncio.run(me())  # a new loop in the same thread
+
+    # One loop run in this thread, stopped, then run in another thread: this
+    # thread, running nothing, must not take that loop's task as its own.
+    loop = asyncio.new_event_loop()
+    assert loop.run_until_complete(me())
+    seen: list[object] = []
+    running, done = threading.Event(), threading.Event()
+
+    async def elsewhere() -> None:
+        running.set()
+        while not done.is_set():
+            await asyncio.sleep(0.001)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(elsewhere(),))
+    thread.start()
+    assert running.wait(30)
+    for _ in range(200):
+        seen.append(owner())
+    done.set()
+    thread.join(30)
+    loop.close()
+    assert seen == [None] * 200
+
+    # A session made in a task is that task's, also right after a loop change.
+    Session = AsyncScopedSession(AsyncTrivialSession)
+
+    async def own() -> tuple[AsyncTrivialSession, AsyncTrivialSession]:
+        first = Session()
+        again = Session()
+        await Session.remove()
+        return first, again
+
+    for _ in range(3):
+        first, again = asyncio.run(own())
+        assert first is again
+        assert first.closed == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+def test_a_fork_child_forked_inside_a_task_sees_no_running_loop_or_task() -> None:
+    from scoped_session._tasks import owner
+
+    Session = AsyncScopedSession(AsyncTrivialSession)
+
+    async def main() -> int:
+        parent = Session()
+        read, write = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, 3.12+
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            status = 1
+            try:
+                # The parent's loop and task do not run here: no owner, and the
+                # parent task's session is not handed out as the caller's own.
+                if owner() is None and Session() is not parent and parent.closed == 0:
+                    status = 0
+            finally:
+                os.write(write, b"x")
+                os._exit(status)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            pipe.read()
+        _, status = os.waitpid(pid, 0)
+        assert Session() is parent
+        await Session.remove()
+        return os.waitstatus_to_exitcode(status)
+
+    assert asyncio.run(main()) == 0
