@@ -749,10 +749,8 @@ def test_a_unit_cannot_start_twice() -> None:
     asyncio.run(main())
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
-def test_a_fork_child_starts_with_no_sessions_and_closes_none() -> None:
-    Session = AsyncScopedSession(AsyncTrivialSession)
-    parent = Session()  # outside any loop: the caller's context holds it
+def exit_code_in_fork_child(check: t.Callable[[], bool]) -> int:
+    """Fork; the child exits 0 when ``check()`` is true. Returns its exit code."""
     read, write = os.pipe()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, 3.12+
@@ -760,12 +758,7 @@ def test_a_fork_child_starts_with_no_sessions_and_closes_none() -> None:
     if pid == 0:  # pragma: no cover - runs in the child
         status = 1
         try:
-
-            async def child() -> bool:
-                return Session.registry.has() or Session() is parent
-
-            if not Session.registry.has() and not asyncio.run(child()) and parent.closed == 0:
-                status = 0
+            status = 0 if check() else 1
         finally:
             os.write(write, b"x")
             os._exit(status)
@@ -773,7 +766,21 @@ def test_a_fork_child_starts_with_no_sessions_and_closes_none() -> None:
     with os.fdopen(read, "rb") as pipe:
         pipe.read()
     _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+def test_a_fork_child_starts_with_no_sessions_and_closes_none() -> None:
+    Session = AsyncScopedSession(AsyncTrivialSession)
+    parent = Session()  # outside any loop: the caller's context holds it
+
+    def child_sees_none() -> bool:
+        async def child() -> bool:
+            return Session.registry.has() or Session() is parent
+
+        return not Session.registry.has() and not asyncio.run(child()) and parent.closed == 0
+
+    assert exit_code_in_fork_child(child_sees_none) == 0
     assert Session() is parent
     assert parent.closed == 0
 
@@ -839,26 +846,15 @@ def test_a_fork_child_forked_inside_a_task_sees_no_running_loop_or_task() -> Non
 
     async def main() -> int:
         parent = Session()
-        read, write = os.pipe()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, 3.12+
-            pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            status = 1
-            try:
-                # The parent's loop and task do not run here: no owner, and the
-                # parent task's session is not handed out as the caller's own.
-                if owner() is None and Session() is not parent and parent.closed == 0:
-                    status = 0
-            finally:
-                os.write(write, b"x")
-                os._exit(status)
-        os.close(write)
-        with os.fdopen(read, "rb") as pipe:
-            pipe.read()
-        _, status = os.waitpid(pid, 0)
+
+        def child_sees_no_task() -> bool:
+            # The parent's loop and task do not run here: no owner, and the
+            # parent task's session is not handed out as the caller's own.
+            return owner() is None and Session() is not parent and parent.closed == 0
+
+        code = exit_code_in_fork_child(child_sees_no_task)
         assert Session() is parent
         await Session.remove()
-        return os.waitstatus_to_exitcode(status)
+        return code
 
     assert asyncio.run(main()) == 0
