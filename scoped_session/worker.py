@@ -266,7 +266,8 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
         # queued job holds no object a plain ThreadPoolExecutor's would not:
         # with thousands queued, each extra one is measurable garbage-collector
         # work. One attribute read: safe with several submitting threads. The
-        # base method is called directly, as super() makes a proxy per call.
+        # base method is called directly, as super() makes a proxy per call (a
+        # class mixed in between this one and ThreadPoolExecutor is skipped).
         last, runner = self._last
         if last is not fn:
             runner = self._wrap(fn)
