@@ -286,8 +286,12 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
         """
         if initializer is not None:
             initializer(*initargs)
+        self._local.units = self._start_thread_units()
+
+    def _start_thread_units(self) -> list[UnitOfWork[t.Any]]:
+        """A unit of work per ScopedSession, opened on the calling worker thread."""
         label = f"the worker thread {threading.current_thread().name!r}"
-        self._local.units = [UnitOfWork(s, False, label).start() for s in self._sessions]
+        return [UnitOfWork(s, False, label).start() for s in self._sessions]
 
     def _run_job(self, fn: t.Callable[..., T], /, *args: t.Any, **kwargs: t.Any) -> T:
         units: list[UnitOfWork[t.Any]] = self._local.units
@@ -350,17 +354,13 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
 
     # -- per="thread" -----------------------------------------------------------
 
-    def _thread_units(self) -> _ThreadUnits | None:
-        """This worker thread's units, opened on its first job; ``None`` once
-        the pool is shutting down (the job then gets units of its own)."""
-        state: _ThreadUnits | None = getattr(self._local, "state", None)
-        if state is not None:
-            return state
+    def _open_thread_state(self) -> _ThreadUnits | None:
+        """Open this worker thread's units on its first job; ``None`` once the
+        pool is shutting down (the job then gets units of its own)."""
         with self._states_lock:
             if self._closing:
                 return None
-            label = f"the worker thread {threading.current_thread().name!r}"
-            state = _ThreadUnits([UnitOfWork(s, False, label).start() for s in self._sessions])
+            state = _ThreadUnits(self._start_thread_units())
             self._states.append(state)
         self._local.state = state
         return state
@@ -368,7 +368,7 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
     def _run_per_thread(self, fn: t.Callable[..., T], /, *args: t.Any, **kwargs: t.Any) -> T:
         state: _ThreadUnits | None = getattr(self._local, "state", None)
         if state is None:
-            state = self._thread_units()
+            state = self._open_thread_state()
             if state is None:
                 return self._run_per_job(fn, args, kwargs)
         running = state.running
