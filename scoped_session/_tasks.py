@@ -41,6 +41,7 @@ __all__ = [
     "owner",
     "reap_at_task_end",
     "run_to_end",
+    "running_loop",
 ]
 
 logger = logging.getLogger("scoped_session")
@@ -59,6 +60,8 @@ Task = asyncio.Task[t.Any]
 get_running_loop = asyncio.events._get_running_loop
 if sys.version_info >= (3, 12):
     C_CURRENT_TASK = True
+    #: This thread's running event loop, or None.
+    running_loop = get_running_loop
 
     def owner() -> Task | None:
         """The calling task, or None outside any task."""

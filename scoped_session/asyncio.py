@@ -65,10 +65,10 @@ from ._tasks import (
     Task,
     TaskScope,
     busy_elsewhere,
-    get_running_loop,
     owner,
     reap_at_task_end,
     run_to_end,
+    running_loop,
 )
 
 __all__ = ["AsyncScopedSession", "AsyncUnitOfWork", "ConcurrentUseError", "ConcurrentUseWarning"]
@@ -226,7 +226,7 @@ def _proxy_namespace() -> dict[str, t.Any]:
     if C_CURRENT_TASK:
         env["current_task"] = asyncio.current_task
     else:  # Python 3.11
-        env["tasks"], env["running_loop"] = _tasks.current_tasks.get, _tasks.running_loop
+        env["tasks"], env["running_loop"] = _tasks.current_tasks.get, running_loop
     fmt = {"is_mine": _IS_MINE, "not_mine": _NOT_MINE}
     source = _CALL_TEMPLATE.format(**fmt)
     source += "".join(_METHOD_TEMPLATE.format(name=name, **fmt) for name in _CALLS)
@@ -369,7 +369,7 @@ class AsyncScopedSession(RegistryBase, t.Generic[AS]):
         return session
 
     def _new_cell(self, me: Task | None) -> AsyncCell:
-        cell = AsyncCell(self._stats, me, get_running_loop())
+        cell = AsyncCell(self._stats, me, running_loop())
         self._scope.track(cell)
         self._scope.var.set(cell)
         if me is not None:
@@ -640,7 +640,7 @@ class AsyncUnitOfWork(t.Generic[AS]):
         else:
             # A session made outside any unit, or a unit of another task, is
             # shadowed: the unit starts fresh and the old one is back at its end.
-            cell = AsyncCell(scoped._stats, me, get_running_loop(), prev=outer, depth=1)
+            cell = AsyncCell(scoped._stats, me, running_loop(), prev=outer, depth=1)
             scoped._scope.track(cell)
             scoped._scope.var.set(cell)
             self._cell = cell
