@@ -26,6 +26,7 @@ import weakref
 
 from ._exceptions import NoScopeError, SessionAlreadyPresent
 from ._scopes import EMPTY, Cell, ContextScope, KeyedScope, Scope, Stats, ThreadScope
+from ._scopes import speedups as _speedups
 from ._units import QueryProperty, UnitOfWork, _Closeable, _Registry
 
 __all__ = [
@@ -144,7 +145,10 @@ _SETTABLE = ("autoflush", "bind", "identity_map")
 #: for thread and context scopes; a custom key skips the slot's property.
 _LOOKUPS = {
     "slot": ("self._slot.cell.session", "AttributeError"),
-    "keyed": ("self._keyed_cells.get(self._keyed_func()).session", "(AttributeError, TypeError)"),
+    "keyed": (
+        "self._keyed_cells[self._keyed_func()].session",
+        "(KeyError, AttributeError, TypeError)",
+    ),
 }
 
 _TEMPLATE = """
@@ -268,7 +272,7 @@ def _variant(public: type[t.Any], keyed: bool, locked: bool, hooked: bool) -> ty
                 "__doc__": public.__doc__,
             }
             if keyed:
-                namespace.update(_KEYED_NAMESPACE)
+                namespace.update(_KEYED_VARIANT)
             if locked:
                 namespace["_create"] = _locked_create
             if hooked:
@@ -345,7 +349,27 @@ class RegistryBase:
         return iter(self())
 
 
-class ScopedSession(RegistryBase, t.Generic[S]):
+if t.TYPE_CHECKING or _speedups is None:
+
+    class _ProxyBase:
+        """Where the proxy finds the caller's cell: in Python, three slots; with
+        the speedups, C fields of ``_speedups.ProxyBase``, which also makes the
+        instance callable."""
+
+        __slots__ = ("_keyed_cells", "_keyed_func", "_slot")
+
+        #: The scope's slot: ``_slot.cell`` is the caller's cell.
+        _slot: t.Any
+        #: Under a scopefunc, the scope's dict of cells and the scopefunc;
+        #: ``None`` for every other scope.
+        _keyed_cells: dict[object, Cell] | None
+        _keyed_func: t.Callable[[], object] | None
+
+else:
+    _ProxyBase = _speedups.ProxyBase
+
+
+class ScopedSession(_ProxyBase, RegistryBase, t.Generic[S]):
     """A registry of sessions, one per thread, context or custom key, and a proxy
     to the caller's session.
 
@@ -366,15 +390,12 @@ class ScopedSession(RegistryBase, t.Generic[S]):
         "__weakref__",
         "_create_lock",
         "_keyed",
-        "_keyed_cells",
-        "_keyed_func",
         "_last_type",
         "_needs_hook",
         "_public_class",
         "_release",
         "_scope",
         "_seen_types",
-        "_slot",
         "_stats",
         "_strict",
         "registry",
@@ -448,6 +469,8 @@ class ScopedSession(RegistryBase, t.Generic[S]):
         if keyed:
             self._keyed_cells = scope._cells  # type: ignore[attr-defined]
             self._keyed_func = scope.scopefunc  # type: ignore[attr-defined]
+        else:
+            self._keyed_cells = self._keyed_func = None
         self._keyed = keyed and not self._overrides_proxy()
         self._switch_class()
 
@@ -543,11 +566,11 @@ class ScopedSession(RegistryBase, t.Generic[S]):
             # Only a session made outside a unit of work can be left for a
             # finalizer to close: remember where, for its warning. Once per
             # cell (a thread's or context's, reused after remove()): a frame
-            # lookup costs about a sixth of a whole get/remove cycle. Two frames
-            # up is the caller of the proxy member that called this, unless
-            # that is the library's own code too (then walk on: the registry,
-            # a query property, an integration).
-            frame: types.FrameType | None = sys._getframe(2)
+            # lookup costs about a sixth of a whole get/remove cycle. The
+            # first frame up that is not the library's own (a generated proxy
+            # member, the registry, a query property, an integration) is the
+            # caller's; a C member has no frame.
+            frame: types.FrameType | None = sys._getframe(1)
             while frame is not None and frame.f_globals.get("__name__", "").startswith(_OWN):
                 frame = frame.f_back
             if frame is not None:
@@ -709,11 +732,37 @@ class ScopedSession(RegistryBase, t.Generic[S]):
         __getattr__ = _forward_unknown
 
 
-for _name, _member in _proxy_namespace("slot").items():
-    setattr(ScopedSession, _name, _member)
+def _compiled_members(speedups: types.ModuleType) -> dict[str, t.Any]:
+    """The proxy's attributes in C: each finds the caller's session from the
+    proxy's fields, for any kind of scope. Called through the proxy
+    (``Session.add(obj)``) it calls the session's method with the arguments
+    as given, making no bound method; read (``Session.add``) it is the
+    session's attribute."""
+    members: dict[str, t.Any] = {}
+    for name in _ATTRIBUTES:
+        members[name] = speedups.Forward(name, f"The caller's session's ``{name}``.")
+    for name in _SETTABLE:
+        members[name] = speedups.SettableForward(name, f"The caller's session's ``{name}``.")
+    for member in members.values():
+        member.__qualname__ = f"ScopedSession.{member.__name__}"
+    return members
+
+
 _KEYED_NAMESPACE = _proxy_namespace("keyed")
 #: Every name the proxy forwards by itself, without ``__getattr__``.
 _FORWARDED = frozenset(_KEYED_NAMESPACE)
+_NAMESPACE = _proxy_namespace("slot")
+if _speedups is None:
+    _KEYED_VARIANT = _KEYED_NAMESPACE
+else:
+    # C: __call__ (ProxyBase's own) and the attributes, which read the keyed
+    # fields themselves. The calls without arguments stay Python (see the top
+    # of _speedups.c), so the keyed variant keeps only those.
+    del _NAMESPACE["__call__"]
+    _NAMESPACE.update(_compiled_members(_speedups))
+    _KEYED_VARIANT = {name: _KEYED_NAMESPACE[name] for name in _CALLS}
+for _name, _member in _NAMESPACE.items():
+    setattr(ScopedSession, _name, _member)
 del _name, _member
 
 scoped_session = ScopedSession

@@ -46,6 +46,22 @@ __all__ = [
 
 logger = logging.getLogger("scoped_session")
 
+
+def _load_speedups() -> types.ModuleType | None:
+    """The proxy's hot path in C (``_speedups.c``), unless it was not built or
+    the environment variable ``SCOPED_SESSION_PURE_PYTHON`` is set (to anything
+    but an empty string). Without it the same behaviour comes from Python."""
+    if os.environ.get("SCOPED_SESSION_PURE_PYTHON"):
+        return None
+    try:
+        from . import _speedups
+    except ImportError:  # pragma: no cover - built without a C compiler
+        return None
+    return _speedups
+
+
+speedups = _load_speedups()
+
 #: Sessions inherited through ``os.fork()`` whose cells died in the child. They
 #: are kept alive on purpose: finalizing them (SQLAlchemy returns a collected
 #: connection to its pool with a rollback) would talk on the parent's sockets.
@@ -285,7 +301,10 @@ class ThreadScope:
         self.reset()
 
     def reset(self) -> None:
-        self.slot = threading.local()
+        # With the speedups, a C slot in front of the threading.local reads the
+        # thread's cell with one lookup; the threading.local still owns it.
+        store = threading.local()
+        self.slot = store if speedups is None else speedups.ThreadSlot(store)
         self._tracked = CellTracker()
 
     def get(self) -> Cell | None:
