@@ -22,7 +22,7 @@ import typing as t
 
 from sqlalchemy.orm import scoped_session as sa_scoped_session
 
-from scoped_session import ScopedSession
+from scoped_session import ScopedSession, _scopes
 
 
 class TrivialSession:
@@ -89,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows.append(("proxied close(), scopefunc", o, s, 0.6))
 
-    print(f"Python {sys.version.split()[0]}, best of {rounds} alternating rounds\n")
+    speedups = "on" if _scopes.speedups is not None else "off (pure Python)"
+    print(
+        f"Python {sys.version.split()[0]}, C speedups {speedups},"
+        f" best of {rounds} alternating rounds\n"
+    )
     print(f"{'':32} {'ours':>9} {'SQLAlchemy':>11} {'ratio':>7} {'bar':>6}")
     failed = False
     for name, o, s, bar in rows:
