@@ -34,6 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs")
     args = parser.parse_args(argv)
+    if sys.flags.dev_mode:
+        # Development mode adds checks to every call (asyncio's debug mode among
+        # them) and would measure those, not the registries.
+        print(
+            "Python's development mode is on (PYTHONDEVMODE is set, or -X dev):"
+            " unset it to run the benchmarks.",
+            file=sys.stderr,
+        )
+        return 2
     results: list[tuple[str, str]] = []
     for script, needs in BENCHMARKS:
         path = HERE / script
