@@ -32,6 +32,22 @@ S = t.TypeVar("S", bound=_Closeable)
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
 
+def close_keeping_first(
+    session: _Closeable, failure: BaseException | None, error: BaseException | None
+) -> BaseException | None:
+    """Close ``session`` and return the failure its caller is to raise: the one
+    it already had, else this close's own. When ``error`` (the work's own
+    exception) is given, or there is a failure already, a failed close is
+    logged instead: the first failure is never hidden."""
+    try:
+        session.close()
+    except Exception as exc:
+        if failure is None and error is None:
+            return exc
+        logger.error("Closing a session failed after an error.", exc_info=True)
+    return failure
+
+
 class _Registry(t.Generic[S]):
     """``Session.registry``: the caller's slot, SQLAlchemy-compatible."""
 
@@ -173,13 +189,7 @@ class UnitOfWork(t.Generic[S]):
                     self._scoped._stats.reaped += 1
                 else:
                     self._scoped._stats.removed += 1
-                try:
-                    session.close()
-                except Exception as exc:
-                    if failure is None and error is None:
-                        failure = exc
-                    else:
-                        logger.error("Closing a session failed after an error.", exc_info=True)
+                failure = close_keeping_first(session, failure, error)
         if failure is not None:
             if error is not None:
                 logger.error("Ending a unit of work failed.", exc_info=failure)

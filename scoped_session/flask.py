@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import logging
 import typing as t
 from types import GeneratorType
 
@@ -42,11 +41,10 @@ from flask.globals import _cv_app
 from ._exceptions import NoScopeError, ScopedSessionError
 from ._proxy import ScopedSession
 from ._scopes import Cell, CellTracker, NoCell
-from ._units import _Closeable
+from ._units import _Closeable, close_keeping_first
 
 __all__ = ["FlaskScopedSession"]
 
-logger = logging.getLogger("scoped_session")
 
 S = t.TypeVar("S", bound=_Closeable)
 
@@ -332,12 +330,6 @@ class FlaskScopedSession(ScopedSession[S]):
             except Exception as exc:
                 failure = exc
         for session in sessions:
-            try:
-                session.close()
-            except Exception as exc:
-                if failure is None and error is None:
-                    failure = exc
-                else:
-                    logger.error("Closing a session failed after an error.", exc_info=True)
+            failure = close_keeping_first(session, failure, error)
         if failure is not None:
             raise failure
