@@ -22,6 +22,7 @@ import typing as t
 
 from sqlalchemy.ext.asyncio import async_scoped_session
 
+from scoped_session import _tasks
 from scoped_session.asyncio import AsyncScopedSession
 
 #: Ours must take at most this share of SQLAlchemy's time.
@@ -117,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     rounds, number = (5, 20_000) if args.quick else (15, 100_000)
     rows = asyncio.run(measure(rounds, number))
 
-    print(f"Python {sys.version.split()[0]}, best of {rounds} alternating rounds")
+    speedups = "on" if _tasks.ASYNC_SPEEDUPS is not None else "off (pure Python)"
+    print(
+        f"Python {sys.version.split()[0]}, C speedups {speedups},"
+        f" best of {rounds} alternating rounds"
+    )
     print("theirs: sqlalchemy async_scoped_session(scopefunc=asyncio.current_task)\n")
     print(f"{'':36} {'ours':>9} {'SQLAlchemy':>11} {'ratio':>7} {'bar':>6}")
     failed = False

@@ -192,8 +192,10 @@ def set_{name}(self, value):
 """
 
 
-def _proxy_namespace(kind: str) -> dict[str, t.Any]:
-    """The proxy's forwarding members for one kind of scope.
+def _proxy_namespace(kind: str, *, calls_only: bool = False) -> dict[str, t.Any]:
+    """The proxy's forwarding members for one kind of scope; with
+    ``calls_only``, only the calls without arguments (what the C speedups leave
+    to Python).
 
     Generated (as SQLAlchemy and attrs do) so that each reads its attribute by
     a literal name: CPython specializes those reads, which a shared function
@@ -201,26 +203,27 @@ def _proxy_namespace(kind: str) -> dict[str, t.Any]:
     so none depends on ``__getattr__``.
     """
     lookup, errors = _LOOKUPS[kind]
-    source = [_TEMPLATE.format(lookup=lookup, errors=errors)]
+    attributes, settable = ((), ()) if calls_only else (_ATTRIBUTES, _SETTABLE)
+    source = [] if calls_only else [_TEMPLATE.format(lookup=lookup, errors=errors)]
     for name in _CALLS:
         source.append(_CALL_TEMPLATE.format(name=name, lookup=lookup, errors=errors))
-    for name in _ATTRIBUTES:
+    for name in attributes:
         source.append(_GET_TEMPLATE.format(name=name, lookup=lookup, errors=errors))
-    for name in _SETTABLE:
+    for name in settable:
         source.append(_GET_TEMPLATE.format(name=name, lookup=lookup, errors=errors))
         source.append(_SET_TEMPLATE.format(name=name))
     code: dict[str, t.Any] = {}
     # Module globals: a frame of the generated code is known as the library's
     # own by them (see _create).
     exec(compile("".join(source), f"<scoped_session proxy: {kind}>", "exec"), _GLOBALS, code)
-    namespace: dict[str, t.Any] = {"__call__": code["__call__"]}
+    namespace: dict[str, t.Any] = {} if calls_only else {"__call__": code["__call__"]}
     for name in _CALLS:
         method = code[name]
         method.__doc__ = f"Call the caller's session's ``{name}()``."
         namespace[name] = method
-    for name in _ATTRIBUTES:
+    for name in attributes:
         namespace[name] = property(code[name], doc=f"The caller's session's ``{name}``.")
-    for name in _SETTABLE:
+    for name in settable:
         namespace[name] = property(
             code[name], code[f"set_{name}"], doc=f"The caller's session's ``{name}``."
         )
@@ -327,16 +330,58 @@ class RegistryBase:
     __slots__ = ()
 
     _scope: t.Any
+    session_factory: t.Callable[..., t.Any]
+
+    #: Named in configure()'s error: the registry, and a factory that has configure().
+    _NAME = "ScopedSession"
+    _CONFIGURABLE = "sqlalchemy.orm.sessionmaker"
 
     if t.TYPE_CHECKING:
 
         def __call__(self) -> t.Any: ...
+
+        # The names both proxies forward both ways (set through the proxy, they
+        # set the caller's session's).
+        @property
+        def bind(self) -> t.Any: ...
+        @bind.setter
+        def bind(self, value: t.Any) -> None: ...
+        @property
+        def autoflush(self) -> bool: ...
+        @autoflush.setter
+        def autoflush(self, value: bool) -> None: ...
+        @property
+        def identity_map(self) -> t.Any: ...
+        @identity_map.setter
+        def identity_map(self, value: t.Any) -> None: ...
 
     @property
     def scope_kind(self) -> str:
         """Where this registry's sessions live: ``"thread"``, ``"context"``,
         ``"scopefunc"``, or an integration's own (``"flask"``)."""
         return self._scope.kind  # type: ignore[no-any-return]
+
+    def configure(self, **kwargs: t.Any) -> None:
+        """Reconfigure the session factory (``session_factory.configure(**kwargs)``).
+
+        Warns when sessions already exist in any scope or task: they keep their
+        old configuration.
+        """
+        configure = getattr(self.session_factory, "configure", None)
+        if configure is None:
+            raise TypeError(
+                "configure() needs a session factory with a configure() method, such as"
+                f" {self._CONFIGURABLE}; this one has none. Make a new {self._NAME} with a"
+                " reconfigured factory instead."
+            )
+        if any(cell.session is not None for cell in self._scope.cells()):
+            warnings.warn(
+                "At least one scoped session is already present; configure() does not"
+                " affect sessions that already exist.",
+                UserWarning,
+                stacklevel=2,
+            )
+        configure(**kwargs)
 
     def __repr__(self) -> str:
         # The factory's repr is left out: it can hold a database URL.
@@ -633,31 +678,6 @@ class ScopedSession(_ProxyBase, RegistryBase, t.Generic[S]):
         live = sum(1 for cell in self._scope.cells() if cell.session is not None)
         return SessionStats(live, stats.created, stats.removed, stats.reaped)
 
-    def configure(self, **kwargs: t.Any) -> None:
-        """Reconfigure the session factory (``session_factory.configure(**kwargs)``).
-
-        Warns when sessions already exist in any scope: they keep their old
-        configuration.
-        """
-        configure = getattr(self.session_factory, "configure", None)
-        if configure is None:
-            raise TypeError(
-                "configure() needs a session factory with a configure() method,"
-                " such as sqlalchemy.orm.sessionmaker; this one has none. Make a"
-                " new ScopedSession with a reconfigured factory instead."
-            )
-        if self._has_any():
-            warnings.warn(
-                "At least one scoped session is already present; configure() does"
-                " not affect sessions that already exist.",
-                UserWarning,
-                stacklevel=2,
-            )
-        configure(**kwargs)
-
-    def _has_any(self) -> bool:
-        return any(cell.session is not None for cell in self._scope.cells())
-
     def scope(self, commit: bool = False) -> UnitOfWork[S]:
         """A unit of work: a context manager and a decorator.
 
@@ -715,52 +735,42 @@ class ScopedSession(_ProxyBase, RegistryBase, t.Generic[S]):
         def expire_all(self) -> None: ...
         def __getattr__(self, name: str) -> t.Any: ...
 
-        @property
-        def bind(self) -> t.Any: ...
-        @bind.setter
-        def bind(self, value: t.Any) -> None: ...
-        @property
-        def autoflush(self) -> bool: ...
-        @autoflush.setter
-        def autoflush(self, value: bool) -> None: ...
-        @property
-        def identity_map(self) -> t.Any: ...
-        @identity_map.setter
-        def identity_map(self, value: t.Any) -> None: ...
-
     elif _GETATTR_IS_FREE:
         __getattr__ = _forward_unknown
 
 
-def _compiled_members(speedups: types.ModuleType) -> dict[str, t.Any]:
-    """The proxy's attributes in C: each finds the caller's session from the
-    proxy's fields, for any kind of scope. Called through the proxy
-    (``Session.add(obj)``) it calls the session's method with the arguments
-    as given, making no bound method; read (``Session.add``) it is the
-    session's attribute."""
+def compiled_members(
+    speedups: types.ModuleType,
+    owner: str = "ScopedSession",
+    attributes: t.Iterable[str] = _ATTRIBUTES,
+    settable: t.Iterable[str] = _SETTABLE,
+) -> dict[str, t.Any]:
+    """A proxy's attributes in C: each finds the caller's session from the
+    proxy's fields, for any kind of scope (both proxies use them). Called
+    through the proxy (``Session.add(obj)``) it calls the session's method with
+    the arguments as given, making no bound method; read (``Session.add``) it
+    is the session's attribute."""
     members: dict[str, t.Any] = {}
-    for name in _ATTRIBUTES:
+    for name in attributes:
         members[name] = speedups.Forward(name, f"The caller's session's ``{name}``.")
-    for name in _SETTABLE:
+    for name in settable:
         members[name] = speedups.SettableForward(name, f"The caller's session's ``{name}``.")
     for member in members.values():
-        member.__qualname__ = f"ScopedSession.{member.__name__}"
+        member.__qualname__ = f"{owner}.{member.__name__}"
     return members
 
 
-_KEYED_NAMESPACE = _proxy_namespace("keyed")
 #: Every name the proxy forwards by itself, without ``__getattr__``.
-_FORWARDED = frozenset(_KEYED_NAMESPACE)
-_NAMESPACE = _proxy_namespace("slot")
+_FORWARDED = frozenset(("__call__", *_CALLS, *_ATTRIBUTES, *_SETTABLE))
 if _speedups is None:
-    _KEYED_VARIANT = _KEYED_NAMESPACE
+    _NAMESPACE = _proxy_namespace("slot")
+    _KEYED_VARIANT = _proxy_namespace("keyed")
 else:
     # C: __call__ (ProxyBase's own) and the attributes, which read the keyed
     # fields themselves. The calls without arguments stay Python (see the top
-    # of _speedups.c), so the keyed variant keeps only those.
-    del _NAMESPACE["__call__"]
-    _NAMESPACE.update(_compiled_members(_speedups))
-    _KEYED_VARIANT = {name: _KEYED_NAMESPACE[name] for name in _CALLS}
+    # of _speedups.c): only those are generated, per kind of scope.
+    _NAMESPACE = {**_proxy_namespace("slot", calls_only=True), **compiled_members(_speedups)}
+    _KEYED_VARIANT = _proxy_namespace("keyed", calls_only=True)
 for _name, _member in _NAMESPACE.items():
     setattr(ScopedSession, _name, _member)
 del _name, _member

@@ -10,6 +10,20 @@ class ProxyBase:
     _keyed_func: t.Callable[[], object] | None
     def __call__(self, **kw: t.Any) -> t.Any: ...
 
+class AsyncProxyBase:
+    """The C part of AsyncScopedSession: the scope's context variable, and ``__call__``."""
+
+    _task_var: t.Any
+    def __call__(self, **kw: t.Any) -> t.Any: ...
+    def _take(self) -> t.Any: ...
+
+def configure_async(cell_type: type, current_tasks: dict[t.Any, t.Any], /) -> None:
+    """Where AsyncProxyBase finds a cell's slots, and asyncio's dict of each
+    event loop's running task."""
+
+def mark_cell(cell: t.Any, /) -> None:
+    """Record in a new AsyncCell the thread and context it is made in."""
+
 class Forward:
     """A proxy member that forwards to the caller's session's attribute ``name``."""
 

@@ -25,13 +25,14 @@ import threading
 import typing as t
 import weakref
 
-from ._scopes import Stats
+from ._scopes import Stats, _inherited, speedups
 
 __all__ = [
     "FINISHED",
     "SHARED",
     "AsyncCell",
     "C_CURRENT_TASK",
+    "ASYNC_SPEEDUPS",
     "Task",
     "TaskScope",
     "busy_elsewhere",
@@ -58,6 +59,11 @@ Task = asyncio.Task[t.Any]
 # directly.
 
 get_running_loop = asyncio.events._get_running_loop
+#: asyncio's own dict of the task running on each event loop, the one that
+#: ``asyncio.current_task()`` reads on Python 3.11 to 3.13 (None if it has none).
+_CURRENT_TASKS: dict[asyncio.AbstractEventLoop | None, Task] | None = vars(asyncio.tasks).get(
+    "_current_tasks"
+)
 if sys.version_info >= (3, 12):
     C_CURRENT_TASK = True
     #: This thread's running event loop, or None.
@@ -72,9 +78,8 @@ if sys.version_info >= (3, 12):
 
 else:  # Python 3.11
     C_CURRENT_TASK = False
-    current_tasks: dict[asyncio.AbstractEventLoop | None, Task] = vars(asyncio.tasks)[
-        "_current_tasks"
-    ]
+    assert _CURRENT_TASKS is not None
+    current_tasks = _CURRENT_TASKS
     _here = threading.local()
     _get_ident = threading.get_ident
 
@@ -122,10 +127,6 @@ SHARED = Marker("<shared>")
 #: The gate and task of a cell whose task has finished.
 FINISHED = Marker("<finished>")
 
-#: Sessions inherited through os.fork() whose cells died in the child: kept, never
-#: closed (closing would talk on the parent's connections).
-_inherited: list[object] = []
-
 #: Close tasks scheduled for sessions left behind, kept until they finish.
 _closing: set[asyncio.Task[None]] = set()
 
@@ -138,7 +139,9 @@ class AsyncCell:
     made the cell (a bare session's owner, or the task that opened the unit);
     ``gate`` is the one task that may use the cell without checks: ``task`` until
     another task uses a unit's cell, then :data:`SHARED`. ``loop`` is where the
-    cell's session is closed when nobody else does it.
+    cell's session is closed when nobody else does it. With the C speedups,
+    ``thread`` and ``home`` record the thread and the context (its address) the
+    cell was made in, for their test of the gate; else they are None.
     """
 
     __slots__ = (
@@ -146,17 +149,20 @@ class AsyncCell:
         "depth",
         "ended",
         "gate",
+        "home",
         "loop",
-        "pid",
         "prev",
         "session",
         "stats",
         "task",
+        "thread",
         "users",
     )
 
     session: t.Any
     task: Task | Marker | None
+    thread: int | None
+    home: int | None
     gate: Task | Marker | None
     users: weakref.WeakSet[Task] | None
 
@@ -176,7 +182,7 @@ class AsyncCell:
         self.depth = depth
         self.ended = False
         self.users = None
-        self.pid = os.getpid()
+        mark_cell(self)
 
     def take(self) -> t.Any:
         """Empty the cell and return what it held (``None`` when empty)."""
@@ -192,13 +198,28 @@ class AsyncCell:
             return
         self.session = None
         try:
-            if self.pid != os.getpid():
+            # Made before a fork: the parent's (see Cell.__del__).
+            if self.stats.pid != os.getpid():
                 _inherited.append(session)
                 return
             self.stats.reaped += 1
             close_later(session, self.loop, "its context was dropped")
         except Exception:
             logger.exception("Closing a session left behind by its context failed.")
+
+
+# The C proxy's test of the gate (see AsyncProxyBase in _speedups.c) reads
+# _CURRENT_TASKS, which exists as such on Python 3.11 to 3.13.
+if speedups is not None and sys.version_info < (3, 14) and isinstance(_CURRENT_TASKS, dict):
+    speedups.configure_async(AsyncCell, _CURRENT_TASKS)
+    #: The C speedups, when AsyncScopedSession uses them, else None.
+    ASYNC_SPEEDUPS: t.Any = speedups
+    mark_cell: t.Callable[[AsyncCell], None] = speedups.mark_cell
+else:  # pragma: no cover - pure Python
+    ASYNC_SPEEDUPS = None
+
+    def mark_cell(cell: AsyncCell) -> None:
+        cell.thread = cell.home = None
 
 
 def close_later(session: object, loop: asyncio.AbstractEventLoop | None, why: str) -> None:

@@ -45,18 +45,21 @@ How sessions are scoped:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import logging
 import os
+import types
 import typing as t
 import warnings
 import weakref
 
 from . import _tasks
 from ._exceptions import ConcurrentUseError, ScopedSessionError, SessionAlreadyPresent
-from ._proxy import RegistryBase
+from ._proxy import RegistryBase, compiled_members
 from ._scopes import Stats
+from ._tasks import ASYNC_SPEEDUPS as _speedups
 from ._tasks import (
     C_CURRENT_TASK,
     FINISHED,
@@ -159,11 +162,14 @@ _ATTRIBUTES = (
 #: Forwarded both ways: ``Session.autoflush = False`` sets the session's.
 _SETTABLE = ("autoflush", "bind", "identity_map")
 
-# The proxy is generated from these templates so that the fast path is plain code
-# with the session's attribute named literally: it is the one task allowed to use
-# the cell without checks (``cell.gate``), a read of the context variable, one
-# comparison. Everything else goes through ``_slow()``. Invariant: ``cell.gate``
-# is a task only while that task's cell is live (not ended, not shared).
+# In pure Python the proxy is generated from these templates so that the fast
+# path is plain code with the session's attribute named literally: it is the one
+# task allowed to use the cell without checks (``cell.gate``), a read of the
+# context variable, one comparison. Everything else goes through ``_slow()``.
+# Invariant: ``cell.gate`` is a task only while that task's cell is live (not
+# ended, not shared). With the C speedups, ``__call__`` and the attributes are
+# C (``_speedups.AsyncProxyBase`` and ``Forward``; see ``_compiled_members``),
+# with the same fast path and the same slow path.
 if C_CURRENT_TASK:
     _IS_MINE = "cell.gate is current_task()"
     _NOT_MINE = "(AttributeError, RuntimeError)"  # no cell; no running loop
@@ -181,11 +187,7 @@ def __call__(self, **kw):
     except {not_mine}:
         session = NOT_MINE
     if session is None:  # the caller's own cell, emptied by remove()
-        session = cell.session = self.session_factory()
-        self._stats.created += 1
-        if type(session) is not self._checked_type:
-            self._check_names(session)
-        return session
+        return self._refill(cell)
     if session is NOT_MINE:
         return self._slow()
     return session
@@ -221,7 +223,7 @@ def set_{name}(self, value):
 
 
 def _proxy_namespace() -> dict[str, t.Any]:
-    """The proxy's generated members, for the class body."""
+    """The proxy's members in Python, generated."""
     env: dict[str, t.Any] = {"NOT_MINE": object()}
     if C_CURRENT_TASK:
         env["current_task"] = asyncio.current_task
@@ -249,7 +251,45 @@ def _proxy_namespace() -> dict[str, t.Any]:
     return members
 
 
-class AsyncScopedSession(RegistryBase, t.Generic[AS]):
+def _compiled_members(speedups: types.ModuleType) -> dict[str, t.Any]:
+    """The proxy's members with the C speedups: ``__call__`` is
+    ``AsyncProxyBase``'s own, the attributes are C members that find the
+    caller's session (called, they pass the arguments to the session's method
+    as given); the calls without arguments stay Python and use ``self()``."""
+    env: dict[str, t.Any] = {}
+    source = "".join(f"def {name}(self):\n    return self().{name}()\n" for name in _CALLS)
+    exec(compile(source, "<scoped_session.asyncio proxy>", "exec"), env)
+    members = compiled_members(speedups, "AsyncScopedSession", _ATTRIBUTES, _SETTABLE)
+    for name in _CALLS:
+        members[name] = env[name]
+        members[name].__doc__ = f"Call the caller's session's ``{name}()``."
+    return members
+
+
+if t.TYPE_CHECKING or _speedups is None:
+
+    class _AsyncProxyBase:
+        """The Python stand-in for ``_speedups.AsyncProxyBase``: ``_take()``
+        here, ``__call__`` from the templates above."""
+
+        # With the speedups, a C field: the scope's context variable.
+        __slots__ = ("_task_var",)
+
+        _task_var: contextvars.ContextVar[AsyncCell | None]
+
+        def _take(self: t.Any) -> t.Any:
+            """Empty the caller's cell and return what it held (``None`` if nothing)."""
+            cell = self._get()
+            if cell is not None and cell.gate is owner():
+                # The caller's own live cell needs no checks; any other goes the long way.
+                return cell.take()
+            return self._forget()
+
+else:
+    _AsyncProxyBase = _speedups.AsyncProxyBase
+
+
+class AsyncScopedSession(_AsyncProxyBase, RegistryBase, t.Generic[AS]):
     """A registry of async sessions, one per asyncio task, and a proxy to the
     caller's session.
 
@@ -263,7 +303,24 @@ class AsyncScopedSession(RegistryBase, t.Generic[AS]):
         tasks use one session at the same time.
     """
 
+    # Slots, not a __dict__: CPython specializes the proxy's member reads only on
+    # an instance whose attributes are not in a dict of its own, and switching
+    # ``__class__`` (see _check_names) turns inline attributes into such a dict.
+    __slots__ = (
+        "__weakref__",
+        "_checked_type",
+        "_get",
+        "_scope",
+        "_stats",
+        "registry",
+        "session_factory",
+        "strict",
+    )
+
     session_factory: t.Callable[..., AS]
+
+    _NAME = "AsyncScopedSession"
+    _CONFIGURABLE = "sqlalchemy.ext.asyncio.async_sessionmaker"
 
     def __init__(
         self,
@@ -299,7 +356,7 @@ class AsyncScopedSession(RegistryBase, t.Generic[AS]):
         self.strict = strict
         self._stats = Stats()
         self._scope: TaskScope = TaskScope()
-        self._get = self._scope.var.get
+        self._bind_scope()
         self._checked_type: type[t.Any] | None = None
         self.registry = _AsyncRegistry(self)
         if type(self) is AsyncScopedSession:
@@ -310,6 +367,13 @@ class AsyncScopedSession(RegistryBase, t.Generic[AS]):
     if t.TYPE_CHECKING:
 
         def __call__(self, **kw: t.Any) -> AS: ...
+
+    def _bind_scope(self) -> None:
+        """Point the fast path at the scope's context variable."""
+        var = self._scope.var
+        self._get = var.get
+        if _speedups is not None:
+            self._task_var = var
 
     # -- lookup and creation (the slow path) -------------------------------------------
 
@@ -342,6 +406,14 @@ class AsyncScopedSession(RegistryBase, t.Generic[AS]):
             return self._fill(cell, me, {})
         if cell.gate is not me:
             self._check_shared(cell, me, session)
+        return session
+
+    def _refill(self, cell: AsyncCell) -> AS:
+        """The caller's own live cell is empty (``remove()`` emptied it): fill it."""
+        session = cell.session = self.session_factory()
+        self._stats.created += 1
+        if type(session) is not self._checked_type:
+            self._check_names(session)
         return session
 
     def _make(self, kw: dict[str, t.Any]) -> AS:
@@ -414,13 +486,7 @@ class AsyncScopedSession(RegistryBase, t.Generic[AS]):
         raises; that error propagates. Inside a unit of work the unit stays open
         and the next use makes a new session, which the unit will end.
         """
-        cell = self._get()
-        if cell is not None and cell.gate is owner():
-            # The caller's own live cell needs no checks; any other goes the long way.
-            session = cell.session
-            cell.session = None
-        else:
-            session = self._forget()
+        session = self._take()
         if session is not None:
             self._stats.removed += 1
             await session.close()
@@ -459,28 +525,6 @@ class AsyncScopedSession(RegistryBase, t.Generic[AS]):
             )
         return len(taken)
 
-    def configure(self, **kwargs: t.Any) -> None:
-        """Reconfigure the session factory (``session_factory.configure(**kwargs)``).
-
-        Warns when sessions already exist in any task: they keep their old
-        configuration.
-        """
-        configure = getattr(self.session_factory, "configure", None)
-        if configure is None:
-            raise TypeError(
-                "configure() needs a session factory with a configure() method, such"
-                " as sqlalchemy.ext.asyncio.async_sessionmaker; this one has none. Make"
-                " a new AsyncScopedSession with a reconfigured factory instead."
-            )
-        if any(cell.session is not None for cell in self._scope.cells()):
-            warnings.warn(
-                "At least one scoped session is already present; configure() does not"
-                " affect sessions that already exist.",
-                UserWarning,
-                stacklevel=2,
-            )
-        configure(**kwargs)
-
     def scope(self, commit: bool = False) -> AsyncUnitOfWork[AS]:
         """A unit of work: an async context manager and a decorator of coroutine
         functions.
@@ -511,7 +555,7 @@ class AsyncScopedSession(RegistryBase, t.Generic[AS]):
         # Runs in a fork child: drop everything without closing.
         self._scope.reset()
         self._stats = Stats()
-        self._get = self._scope.var.get
+        self._bind_scope()
 
     # -- the proxy -------------------------------------------------------------------
 
@@ -524,10 +568,6 @@ class AsyncScopedSession(RegistryBase, t.Generic[AS]):
         def expire_all(self) -> None: ...
         def expunge_all(self) -> None: ...
         def __getattr__(self, name: str) -> t.Any: ...
-
-        bind: t.Any
-        autoflush: bool
-        identity_map: t.Any
 
     def __init_subclass__(cls, **kwargs: t.Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -542,7 +582,10 @@ class AsyncScopedSession(RegistryBase, t.Generic[AS]):
             self.__class__ = _Forwarding if hooked else AsyncScopedSession
 
 
-for _name, _member in _proxy_namespace().items():
+# With the speedups __call__ is AsyncProxyBase's own: nothing else of the Python
+# proxy is used.
+_NAMESPACE = _proxy_namespace() if _speedups is None else _compiled_members(_speedups)
+for _name, _member in _NAMESPACE.items():
     setattr(AsyncScopedSession, _name, _member)
 del _name, _member
 
@@ -566,6 +609,8 @@ def _forward_unknown(self: AsyncScopedSession[t.Any], name: str) -> t.Any:
 class _Forwarding(AsyncScopedSession[AS]):
     """An AsyncScopedSession that forwards names it does not write out (every
     subclass does: see ``__init_subclass__``)."""
+
+    __slots__ = ()
 
 
 _Forwarding.__name__ = _Forwarding.__qualname__ = "AsyncScopedSession"

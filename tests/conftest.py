@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import Base, Database, drop_schema, make_postgres_engine, postgres_url
+from helpers import (
+    AsyncDB,
+    Base,
+    Database,
+    drop_schema,
+    make_postgres_engine,
+    postgres_url,
+)
 
 
 @pytest.fixture
@@ -53,3 +60,28 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> t.Iterator[Database]:
     yield Database(engine, "postgres", pg, app_name)
     engine.dispose()
     drop_schema(pg, schema)
+
+
+@pytest.fixture(params=["sqlite", "asyncpg", "psycopg"])
+def adb(request: pytest.FixtureRequest, tmp_path: Path) -> t.Iterator[AsyncDB]:
+    """Each real database in turn: a SQLite file, then PostgreSQL through asyncpg
+    and through psycopg (if configured)."""
+    kind: str = request.param
+    if kind == "sqlite":
+        pytest.importorskip("aiosqlite")
+        yield AsyncDB(kind, str(tmp_path / "test.db"))
+        return
+    pg = postgres_url()
+    if pg is None:
+        pytest.skip("SCOPED_SESSION_TEST_POSTGRES_URL is not set")
+    if kind == "asyncpg":
+        pytest.importorskip("asyncpg")
+    db = AsyncDB(kind, pg)
+    yield db
+    db.drop()
+
+
+@pytest.fixture
+def sqlite_adb(tmp_path: Path) -> AsyncDB:
+    pytest.importorskip("aiosqlite")
+    return AsyncDB("sqlite", str(tmp_path / "test.db"))

@@ -10,7 +10,6 @@ import logging
 import operator
 import threading
 import typing as t
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -21,7 +20,6 @@ from helpers import (
     Database,
     Note,
     TrivialSession,
-    postgres_url,
 )
 
 pytest.importorskip("greenlet")  # SQLAlchemy's asyncio extension needs it
@@ -37,29 +35,6 @@ Message = t.MutableMapping[str, t.Any]
 Receive = t.Callable[[], t.Awaitable[Message]]
 Send = t.Callable[[Message], t.Awaitable[None]]
 App = t.Callable[[Message, Receive, Send], t.Awaitable[None]]
-
-
-@pytest.fixture(params=["sqlite", "asyncpg", "psycopg"])
-def adb(request: pytest.FixtureRequest, tmp_path: Path) -> t.Iterator[AsyncDB]:
-    kind: str = request.param
-    if kind == "sqlite":
-        pytest.importorskip("aiosqlite")
-        yield AsyncDB(kind, str(tmp_path / "test.db"))
-        return
-    pg = postgres_url()
-    if pg is None:
-        pytest.skip("SCOPED_SESSION_TEST_POSTGRES_URL is not set")
-    if kind == "asyncpg":
-        pytest.importorskip("asyncpg")
-    db = AsyncDB(kind, pg)
-    yield db
-    db.drop()
-
-
-@pytest.fixture
-def sqlite_adb(tmp_path: Path) -> AsyncDB:
-    pytest.importorskip("aiosqlite")
-    return AsyncDB("sqlite", str(tmp_path / "test.db"))
 
 
 def http_scope(path: str = "/", method: str = "GET") -> Message:

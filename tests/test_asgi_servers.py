@@ -17,12 +17,7 @@ import contextlib
 import http.client
 import logging
 import random
-import re
-import signal
 import socket
-import struct
-import subprocess
-import sys
 import threading
 import time
 import typing as t
@@ -38,9 +33,11 @@ from helpers import (
     Note,
     backends,
     drop_schema,
+    get_and_leave,
     libpq_url,
     make_async_engine,
     postgres_url,
+    run_example,
 )
 
 pytest.importorskip("greenlet")
@@ -339,16 +336,7 @@ def hit(port: int, kind: str, request_id: str) -> Outcome:
 
 def hit_and_leave(port: int, request_id: str) -> Outcome:
     """Read the status and the start of the body, then leave with a reset."""
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-        sock.sendall(f"GET /disconnect?id={request_id} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
-        received = b""
-        while b"\r\n\r\n" not in received or len(received) < 8192:
-            data = sock.recv(65536)
-            if not data:
-                break
-            received += data
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    status = int(received.split(b" ", 2)[1]) if received.startswith(b"HTTP/") else 0
+    status = get_and_leave(port, f"/disconnect?id={request_id}", 8192, TIMEOUT)
     return Outcome("disconnect", status, None)
 
 
@@ -439,25 +427,9 @@ def test_the_example_serves_as_a_script(example: str, tmp_path: Path) -> None:
     pytest.importorskip("aiosqlite")
     if example == "fastapi_app.py":
         pytest.importorskip("fastapi")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "examples" / example),
-            "--port=0",
-            f"--db=sqlite+aiosqlite:///{tmp_path / 'ex.db'}",
-        ],
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        found = re.match(r"Serving on http://127\.0\.0\.1:(\d+)/", line)
-        assert found, line + (proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
-        conn = http.client.HTTPConnection("127.0.0.1", int(found.group(1)), timeout=TIMEOUT)
+    db_url = f"sqlite+aiosqlite:///{tmp_path / 'ex.db'}"
+    with run_example(ROOT / "examples" / example, db_url, tmp_path, TIMEOUT) as run:
+        conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=TIMEOUT)
         try:
             for text in ("hello there", "second"):
                 conn.request(
@@ -488,13 +460,5 @@ def test_the_example_serves_as_a_script(example: str, tmp_path: Path) -> None:
             assert b"<li>second</li>" in page
         finally:
             conn.close()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, err = proc.communicate(timeout=TIMEOUT)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 0, err
-    assert "connections left checked out: 0" in out
+    assert run.returncode == 0, run.err
+    assert "connections left checked out: 0" in run.out

@@ -9,10 +9,10 @@ import contextvars
 import gc
 import logging
 import os
+import threading
 import typing as t
 import warnings
 import weakref
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -21,7 +21,6 @@ from helpers import (
     AsyncDB,
     AsyncTrivialSession,
     Note,
-    postgres_url,
 )
 
 pytest.importorskip("greenlet")  # SQLAlchemy's asyncio extension needs it
@@ -36,31 +35,6 @@ from scoped_session.asyncio import (
     ConcurrentUseWarning,
     _has_unknown_names,
 )
-
-
-@pytest.fixture(params=["sqlite", "asyncpg", "psycopg"])
-def adb(request: pytest.FixtureRequest, tmp_path: Path) -> t.Iterator[AsyncDB]:
-    """Each real database in turn: a SQLite file, then PostgreSQL through asyncpg
-    and through psycopg (if configured)."""
-    kind: str = request.param
-    if kind == "sqlite":
-        pytest.importorskip("aiosqlite")
-        yield AsyncDB(kind, str(tmp_path / "test.db"))
-        return
-    pg = postgres_url()
-    if pg is None:
-        pytest.skip("SCOPED_SESSION_TEST_POSTGRES_URL is not set")
-    if kind == "asyncpg":
-        pytest.importorskip("asyncpg")
-    db = AsyncDB(kind, pg)
-    yield db
-    db.drop()
-
-
-@pytest.fixture
-def sqlite_adb(tmp_path: Path) -> AsyncDB:
-    pytest.importorskip("aiosqlite")
-    return AsyncDB("sqlite", str(tmp_path / "test.db"))
 
 
 def scoped(db: AsyncDatabase, **kw: t.Any) -> AsyncScopedSession[AsyncSession]:
@@ -858,3 +832,179 @@ def test_a_fork_child_forked_inside_a_task_sees_no_running_loop_or_task() -> Non
         return code
 
     assert asyncio.run(main()) == 0
+
+
+# -- who may use a cell without checks ---------------------------------------------------
+# The proxy's fast path hands a cell's session to its gate task only. With the C
+# speedups that test is made from what the cell recorded (its thread and context,
+# and asyncio's task running on its loop; see _speedups.c): each case below is one
+# where a cheaper test would give the wrong task a session.
+
+
+def test_tasks_given_one_context_do_not_share_a_session() -> None:
+    Session = AsyncScopedSession(AsyncTrivialSession)
+
+    async def first(holding: asyncio.Event, go: asyncio.Event) -> list[AsyncTrivialSession]:
+        mine = Session()
+        holding.set()
+        await go.wait()
+        return [mine, Session()]
+
+    async def second() -> AsyncTrivialSession:
+        return Session()
+
+    async def main() -> tuple[list[AsyncTrivialSession], AsyncTrivialSession]:
+        loop = asyncio.get_running_loop()
+        shared = contextvars.copy_context()
+        holding, go = asyncio.Event(), asyncio.Event()
+        one = loop.create_task(first(holding, go), context=shared)
+        await holding.wait()
+        # Same context object, same thread, another task: not the first one's.
+        theirs = await loop.create_task(second(), context=shared)
+        go.set()
+        ours = await one
+        await drain_closing()
+        return ours, theirs
+
+    ours, theirs = asyncio.run(main())
+    assert theirs is not ours[0]
+    assert theirs not in ours
+    assert all(s.closed == 1 for s in [*ours, theirs])
+
+
+def test_a_tasks_session_is_its_own_in_a_context_it_copied() -> None:
+    Session = AsyncScopedSession(AsyncTrivialSession)
+
+    async def main() -> None:
+        mine = Session()
+        assert contextvars.copy_context().run(Session) is mine
+        assert Session() is mine
+        await Session.remove()
+        assert mine.closed == 1
+
+    asyncio.run(main())
+
+
+def test_a_tasks_session_stays_its_own_when_its_loop_moves_threads() -> None:
+    Session = AsyncScopedSession(AsyncTrivialSession)
+    loop = asyncio.new_event_loop()
+    made = loop.create_future()
+    resume = asyncio.Event()
+
+    async def body() -> tuple[AsyncTrivialSession, AsyncTrivialSession]:
+        first = Session()
+        made.set_result(None)
+        await resume.wait()  # resumed by the loop running in another thread
+        again = Session()
+        await Session.remove()
+        return first, again
+
+    task = loop.create_task(body())
+    loop.run_until_complete(made)
+    results: list[tuple[AsyncTrivialSession, AsyncTrivialSession]] = []
+
+    def run_elsewhere() -> None:
+        loop.call_soon(resume.set)
+        results.append(loop.run_until_complete(task))
+
+    thread = threading.Thread(target=run_elsewhere)
+    thread.start()
+    thread.join(30)
+    loop.close()
+    first, again = results[0]
+    assert first is again
+    assert first.closed == 1
+
+
+def test_a_thread_in_a_copied_context_never_gets_the_tasks_own_session(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    Session = AsyncScopedSession(AsyncTrivialSession)
+
+    async def main() -> None:
+        mine = Session()
+        async with Session.scope():
+            unit = Session()
+            # A unit is shared with what it starts, threads included.
+            assert await asyncio.to_thread(Session) is unit
+        # A session made outside a unit is the task's alone: the thread gets one
+        # of its own (which, with no event loop there, cannot be closed).
+        theirs = await asyncio.to_thread(Session)
+        assert theirs is not mine
+        assert Session() is mine
+        await Session.remove()
+        assert mine.closed == 1
+
+    with caplog.at_level(logging.ERROR, logger="scoped_session"):
+        asyncio.run(main())
+    assert "dropped without being closed" in caplog.text
+
+
+def test_a_thread_never_gets_the_session_of_the_task_running_meanwhile(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    Session = AsyncScopedSession(AsyncTrivialSession)
+
+    async def main() -> None:
+        mine = Session()
+        copied = contextvars.copy_context()  # sees this task's cell
+        seen: list[AsyncTrivialSession] = []
+
+        def worker() -> None:
+            seen.append(copied.run(Session))
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join(30)  # blocks inside this task's step: it is the loop's running task
+        assert seen
+        assert seen[0] is not mine
+        assert Session() is mine
+        await Session.remove()
+
+    with caplog.at_level(logging.ERROR, logger="scoped_session"):
+        asyncio.run(main())
+
+
+def test_a_thread_never_gets_the_session_of_a_task_whose_loop_moved_away(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The task made its session on this thread; its loop now runs elsewhere and
+    # the task is running there while this thread looks in a copied context.
+    Session = AsyncScopedSession(AsyncTrivialSession)
+    loop = asyncio.new_event_loop()
+    made = loop.create_future()
+    resume = asyncio.Event()
+    in_step, looked = threading.Event(), threading.Event()
+    copied: list[contextvars.Context] = []
+
+    async def body() -> AsyncTrivialSession:
+        mine = Session()
+        copied.append(contextvars.copy_context())
+        made.set_result(None)
+        await resume.wait()
+        in_step.set()
+        looked.wait(30)  # blocks inside this task's step, on the other thread
+        assert Session() is mine
+        await Session.remove()
+        return mine
+
+    task = loop.create_task(body())
+    loop.run_until_complete(made)
+    results: list[AsyncTrivialSession] = []
+
+    def run_elsewhere() -> None:
+        loop.call_soon(resume.set)
+        results.append(loop.run_until_complete(task))
+
+    thread = threading.Thread(target=run_elsewhere)
+    thread.start()
+    assert in_step.wait(30)
+    with caplog.at_level(logging.ERROR, logger="scoped_session"):
+        seen = copied[0].run(Session)
+        looked.set()
+        thread.join(30)
+        loop.close()
+        mine = results[0]
+        assert seen is not mine
+        assert mine.closed == 1
+        del seen, copied[:]

@@ -8,6 +8,7 @@ The tests below hold in either mode unless marked.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -18,8 +19,10 @@ import weakref
 import pytest
 from helpers import TrivialSession
 
-from scoped_session import ScopedSession, _scopes
+from scoped_session import ScopedSession, _scopes, _tasks
 from scoped_session._scopes import Cell, Stats, ThreadScope
+from scoped_session._tasks import AsyncCell
+from scoped_session.asyncio import AsyncScopedSession
 
 compiled = pytest.mark.skipif(_scopes.speedups is None, reason="runs without the C speedups")
 
@@ -40,6 +43,13 @@ class Recording(TrivialSession):
         return mapper, kw
 
 
+class AsyncRecording(Recording):
+    """The same, with a close() to await."""
+
+    async def close(self) -> None:  # type: ignore[override]
+        self.closed += 1
+
+
 def test_the_mode_asked_for_is_the_mode_running() -> None:
     Session = ScopedSession(TrivialSession)
     if os.environ.get("SCOPED_SESSION_PURE_PYTHON"):
@@ -52,6 +62,15 @@ def test_the_mode_asked_for_is_the_mode_running() -> None:
         assert isinstance(Session, _scopes.speedups.ProxyBase)
         assert type(Session._scope.slot) is _scopes.speedups.ThreadSlot
         assert "__call__" not in vars(ScopedSession)
+    # The async proxy follows (on the Python versions whose asyncio it can read).
+    Async = AsyncScopedSession(AsyncRecording)
+    if _tasks.ASYNC_SPEEDUPS is None:
+        assert "__call__" in vars(AsyncScopedSession)
+        assert AsyncCell(Stats(), None, None).home is None
+    else:
+        assert isinstance(Async, _tasks.ASYNC_SPEEDUPS.AsyncProxyBase)
+        assert "__call__" not in vars(AsyncScopedSession)
+        assert isinstance(AsyncCell(Stats(), None, None).home, int)
 
 
 def test_arguments_reach_the_session_exactly_as_given() -> None:
@@ -207,3 +226,78 @@ def test_speedups_are_switched_off_by_the_environment(monkeypatch: pytest.Monkey
     loaded = _scopes._load_speedups()
     if os.environ.get("SCOPED_SESSION_REQUIRE_SPEEDUPS"):
         assert loaded is not None
+
+
+def test_the_async_proxy_passes_arguments_and_refuses_positional_ones() -> None:
+    Session = AsyncScopedSession(AsyncRecording)
+
+    async def main() -> None:
+        with pytest.raises(TypeError):
+            Session(1)  # type: ignore[call-arg]
+        assert not Session.registry.has()
+        session = Session(flag=True)
+        assert session.kw == {"flag": True}
+        many = tuple(range(12))
+        assert Session.add(1, two=2) == "added"
+        Session.add(*many, a=1)
+        assert session.calls == [("add", (1,), {"two": 2}), ("add", many, {"a": 1})]
+        assert Session.add.__self__ is session
+        assert Session.get_bind("m", clause="c") == ("m", {"clause": "c"})
+        Session.autoflush = False
+        assert session.autoflush is False
+        await Session.remove()
+        assert session.closed == 1
+        assert not Session.registry.has()
+
+    asyncio.run(main())
+
+
+@compiled
+def test_the_async_c_member_on_a_foreign_object() -> None:
+    member = vars(AsyncScopedSession)["add"]
+    with pytest.raises(TypeError, match="AsyncScopedSession"):
+        member(object(), 1)
+    with pytest.raises(TypeError, match="AsyncScopedSession"):
+        member.__get__(object(), object)
+
+
+@pytest.mark.skipif(_tasks.ASYNC_SPEEDUPS is None, reason="runs without the async C path")
+def test_the_async_c_path_refuses_what_it_cannot_read() -> None:
+    speedups = _tasks.ASYNC_SPEEDUPS
+    with pytest.raises(TypeError, match="AsyncCell"):
+        speedups.mark_cell(object())
+
+    class NoSlots:
+        pass
+
+    with pytest.raises(TypeError, match="no slot session"):
+        speedups.configure_async(NoSlots, {})
+    with pytest.raises(TypeError):
+        speedups.configure_async(AsyncCell, [])  # not a dict
+    # The real configuration is untouched by the refusals.
+    Session = AsyncScopedSession(AsyncRecording)
+
+    async def main() -> None:
+        session = Session()
+        assert Session() is session
+        await Session.remove()
+
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(_tasks.ASYNC_SPEEDUPS is None, reason="runs without the async C path")
+def test_a_cell_records_where_it_was_made() -> None:
+    cells: list[AsyncCell] = []
+
+    async def make() -> None:
+        cells.append(AsyncCell(Stats(), asyncio.current_task(), asyncio.get_running_loop()))
+
+    asyncio.run(make())
+    asyncio.run(make())
+    thread = threading.Thread(target=lambda: asyncio.run(make()))
+    thread.start()
+    thread.join()
+    one, two, three = cells
+    assert one.thread == two.thread == threading.get_ident() != three.thread
+    # Each task runs in a context of its own: every cell names a different one.
+    assert len({one.home, two.home, three.home}) == 3
