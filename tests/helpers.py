@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
 import typing as t
 import uuid
+from pathlib import Path
 
 import psycopg
 import sqlalchemy as sa
@@ -221,3 +229,60 @@ class AsyncDB:
 
 
 _T = t.TypeVar("_T")
+
+
+class ExampleRun:
+    """An example app run as a script: its port while it serves; once it has
+    stopped, its exit code and output."""
+
+    port: int
+    returncode: int | None = None
+    out: str = ""
+    err: str = ""
+
+
+@contextlib.contextmanager
+def run_example(script: Path, db_url: str, cwd: Path, timeout: float) -> t.Iterator[ExampleRun]:
+    """Start an example with ``--port=0 --db=db_url``, wait for its "Serving on"
+    line, and stop it with Ctrl+C (SIGINT) at the end of the block."""
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--port=0", f"--db={db_url}"],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run = ExampleRun()
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        found = re.match(r"Serving on http://127\.0\.0\.1:(\d+)/", line)
+        assert found, line + (proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
+        run.port = int(found.group(1))
+        yield run
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            run.out, run.err = proc.communicate(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=timeout)
+        run.returncode = proc.returncode
+
+
+def get_and_leave(port: int, path: str, at_least: int, timeout: float) -> int:
+    """GET ``path``, read the status and at least ``at_least`` bytes, then leave
+    with a reset (the unread rest makes the server's next write fail). Returns
+    the status, 0 when none came."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        received = b""
+        while b"\r\n\r\n" not in received or len(received) < at_least:
+            data = sock.recv(65536)
+            if not data:
+                break
+            received += data
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return int(received.split(b" ", 2)[1]) if received.startswith(b"HTTP/") else 0

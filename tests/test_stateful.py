@@ -28,6 +28,7 @@ from pathlib import Path
 import hypothesis.strategies as st
 import pytest
 import sqlalchemy as sa
+from helpers import TrivialSession
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -45,23 +46,12 @@ MAX_LOCATIONS = 4
 _serials = itertools.count(1)
 
 
-class Fake:
-    """A session that only counts what was done to it."""
+class Fake(TrivialSession):
+    """A session that only counts what was done to it, numbered as it is made."""
 
-    def __init__(self, **kw: object) -> None:
+    def __init__(self, **kw: t.Any) -> None:
+        super().__init__(**kw)
         self.serial = next(_serials)
-        self.kw = kw
-        self.closed = 0
-        self.committed = 0
-
-    def close(self) -> None:
-        self.closed += 1
-
-    def commit(self) -> None:
-        self.committed += 1
-
-    def rollback(self) -> None:
-        pass
 
 
 class CountingSession(orm.Session):

@@ -21,8 +21,6 @@ import queue
 import random
 import re
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -35,7 +33,16 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 import wsgi_server_app
-from helpers import Base, Note, backends, drop_schema, libpq_url, postgres_url
+from helpers import (
+    Base,
+    Note,
+    backends,
+    drop_schema,
+    get_and_leave,
+    libpq_url,
+    postgres_url,
+    run_example,
+)
 from waitress import wasyncore
 from waitress.server import TcpWSGIServer, create_server
 from werkzeug.serving import WSGIRequestHandler, make_server
@@ -266,16 +273,7 @@ def hit(port: int, kind: str, request_id: str) -> Outcome:
 def hit_and_leave(port: int, request_id: str) -> Outcome:
     """Read the status and the start of the body, then leave with a reset (the
     unread rest makes the server's next write fail)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-        sock.sendall(f"GET /disconnect?id={request_id} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
-        received = b""
-        while b"\r\n\r\n" not in received or len(received) < 4096:
-            data = sock.recv(65536)
-            if not data:
-                break
-            received += data
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    status = int(received.split(b" ", 2)[1]) if received.startswith(b"HTTP/") else 0
+    status = get_and_leave(port, f"/disconnect?id={request_id}", 4096, TIMEOUT)
     return Outcome("disconnect", status, None, True)
 
 
@@ -373,21 +371,8 @@ def test_gunicorn_gthread(server_db: ServerDB, payload: str, tmp_path: Path) -> 
 
 
 def test_the_example_serves_as_a_script(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, str(EXAMPLE), "--port=0", f"--db=sqlite:///{tmp_path / 'ex.db'}"],
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        found = re.match(r"Serving on http://127\.0\.0\.1:(\d+)/", line)
-        assert found, line + (proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
-        port = int(found.group(1))
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    with run_example(EXAMPLE, f"sqlite:///{tmp_path / 'ex.db'}", tmp_path, TIMEOUT) as run:
+        conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=TIMEOUT)
         try:
             conn.request(
                 "POST",
@@ -403,12 +388,4 @@ def test_the_example_serves_as_a_script(tmp_path: Path) -> None:
             assert (response.status, response.read()) == (200, b"hello there\n")
         finally:
             conn.close()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=TIMEOUT)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 0
+    assert run.returncode == 0
