@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import typing as t
 from pathlib import Path
 
@@ -11,14 +12,29 @@ from helpers import (
     Database,
     drop_schema,
     make_postgres_engine,
+    make_sqlite_engine,
     postgres_url,
 )
 
 
 @pytest.fixture
+def caplog(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """pytest's caplog, started after collecting the garbage of earlier tests.
+
+    A test that ends with a session still in its scope leaves it to the cell's
+    finalizer, which runs whenever the cyclic collector next gets to it, in
+    whatever test runs then, and logs a warning. Tests here count the
+    library's log records, so that warning must not land in another test's.
+    """
+    gc.collect()
+    caplog.clear()
+    return caplog
+
+
+@pytest.fixture
 def sqlite_engine(tmp_path: Path) -> t.Iterator[sa.Engine]:
     """A real SQLite file database with the test tables."""
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'test.db'}")
+    engine = make_sqlite_engine(f"sqlite:///{tmp_path / 'test.db'}")
     Base.metadata.create_all(engine)
     yield engine
     engine.dispose()
@@ -47,7 +63,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> t.Iterator[Database]:
     """Each real database in turn: a SQLite file, then PostgreSQL (if configured)."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'test.db'}"
-        engine = sa.create_engine(url)
+        engine = make_sqlite_engine(url)
         Base.metadata.create_all(engine)
         yield Database(engine, "sqlite", url, "")
         engine.dispose()

@@ -66,6 +66,13 @@ def libpq_url(url: str) -> str:
     return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def make_sqlite_engine(url: str, **kw: t.Any) -> sa.Engine:
+    """An engine on a SQLite file whose writers wait up to 30 seconds for the
+    file's lock (the driver's default, 5 seconds, is too short for a threaded
+    server's test on a busy machine)."""
+    return sa.create_engine(url, connect_args={"timeout": 30}, **kw)
+
+
 def make_postgres_engine(url: str, **kw: t.Any) -> tuple[sa.Engine, str, str]:
     """An engine in a schema of its own, with an application_name to count its
     backends by. Returns the engine, the application name and the schema."""

@@ -108,6 +108,8 @@ def test_scopefunc_keys() -> None:
     assert a.closed == 1
     key = "b"
     assert Session() is b
+    Session.remove()
+    assert b.closed == 1
 
 
 def test_scopefunc_unhashable_key_is_a_type_error() -> None:
