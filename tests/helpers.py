@@ -251,9 +251,12 @@ class ExampleRun:
 @contextlib.contextmanager
 def run_example(script: Path, db_url: str, cwd: Path, timeout: float) -> t.Iterator[ExampleRun]:
     """Start an example with ``--port=0 --db=db_url``, wait for its "Serving on"
-    line, and stop it with Ctrl+C (SIGINT) at the end of the block."""
+    line, and stop it with Ctrl+C (SIGINT) at the end of the block.
+
+    An example still running ``timeout`` seconds after Ctrl+C fails the test
+    with every thread's stack (faulthandler, on SIGABRT) and its output."""
     proc = subprocess.Popen(
-        [sys.executable, str(script), "--port=0", f"--db={db_url}"],
+        [sys.executable, "-X", "faulthandler", str(script), "--port=0", f"--db={db_url}"],
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -272,10 +275,18 @@ def run_example(script: Path, db_url: str, cwd: Path, timeout: float) -> t.Itera
         proc.send_signal(signal.SIGINT)
         try:
             run.out, run.err = proc.communicate(timeout=timeout)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            try:
+                out, err = proc.communicate(timeout=timeout)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate(timeout=timeout)
+            raise AssertionError(
+                f"{script.name} was still running {timeout} s after Ctrl+C; its"
+                f" threads then:\n{err}\nits output:\n{out}"
+            ) from None
         run.returncode = proc.returncode
 
 
