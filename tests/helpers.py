@@ -66,11 +66,19 @@ def libpq_url(url: str) -> str:
     return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def make_sqlite_engine(url: str, **kw: t.Any) -> sa.Engine:
+def make_sqlite_engine(url: str, *, wal: bool = False, **kw: t.Any) -> sa.Engine:
     """An engine on a SQLite file whose writers wait up to 30 seconds for the
     file's lock (the driver's default, 5 seconds, is too short for a threaded
-    server's test on a busy machine)."""
-    return sa.create_engine(url, connect_args={"timeout": 30}, **kw)
+    server's test on a busy machine); ``wal``: in WAL mode, so that readers do
+    not wait for writers."""
+    engine = sa.create_engine(url, connect_args={"timeout": 30}, **kw)
+    if wal:
+
+        @sa.event.listens_for(engine, "connect")
+        def set_wal(dbapi_connection: t.Any, record: object) -> None:
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+
+    return engine
 
 
 def make_postgres_engine(url: str, **kw: t.Any) -> tuple[sa.Engine, str, str]:

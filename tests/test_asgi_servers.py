@@ -36,6 +36,7 @@ from helpers import (
     get_and_leave,
     libpq_url,
     make_async_engine,
+    make_sqlite_engine,
     postgres_url,
     run_example,
 )
@@ -121,13 +122,7 @@ def sync_engine(db: ServerDB) -> sa.Engine:
     """The sync engine of the test (and of FastAPI's sync endpoints): SQLite in WAL
     mode with a long busy timeout; PostgreSQL in the test's schema."""
     if db.kind == "sqlite":
-        engine = sa.create_engine(f"sqlite:///{db.url}", connect_args={"timeout": 30})
-
-        @sa.event.listens_for(engine, "connect")
-        def wal(dbapi_connection: t.Any, record: object) -> None:
-            dbapi_connection.execute("PRAGMA journal_mode=WAL")
-
-        return engine
+        return make_sqlite_engine(f"sqlite:///{db.url}", wal=True)
     return sa.create_engine(
         sa.make_url(db.url).set(drivername="postgresql+psycopg"),
         connect_args={"application_name": db.app_name, "options": f"-csearch_path={db.schema}"},

@@ -30,7 +30,7 @@ import typing as t
 from urllib.parse import parse_qs
 
 import sqlalchemy as sa
-from helpers import Note
+from helpers import Note, make_sqlite_engine
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.wsgi import wrap_file
 
@@ -56,13 +56,7 @@ def make_engine(url: str, app_name: str = "", schema: str = "") -> sa.Engine:
     """An engine fit for many threads: SQLite in WAL mode with a long busy
     timeout; PostgreSQL in the test's schema, its backends named ``app_name``."""
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
-
-        @sa.event.listens_for(engine, "connect")
-        def wal(dbapi_connection: t.Any, record: object) -> None:
-            dbapi_connection.execute("PRAGMA journal_mode=WAL")
-
-        return engine
+        return make_sqlite_engine(url, wal=True)
     return sa.create_engine(
         sa.make_url(url).set(drivername="postgresql+psycopg"),
         connect_args={"application_name": app_name, "options": f"-csearch_path={schema}"},
