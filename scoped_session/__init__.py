@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import typing as t
 
-from ._exceptions import ConcurrentUseError, NoScopeError, ScopedSessionError, SessionAlreadyPresent
+from ._exceptions import (
+    ConcurrentUseError,
+    NoScopeError,
+    ScopedSessionError,
+    ScopedSessionWarning,
+    SessionAlreadyPresent,
+)
 from ._proxy import QueryProperty, ScopedSession, SessionStats, UnitOfWork, scoped_session
 
 if t.TYPE_CHECKING:
@@ -25,6 +31,7 @@ __all__ = [
     "QueryProperty",
     "ScopedSession",
     "ScopedSessionError",
+    "ScopedSessionWarning",
     "SessionAlreadyPresent",
     "SessionStats",
     "UnitOfWork",

@@ -1,12 +1,11 @@
-"""Where async sessions live: the caller's task, cells owned by a task, closing
-what a task leaves behind on its own loop, and telling who is inside a session.
+"""Where async sessions live: a cell per task, closing what a task leaves behind
+on its own loop, and telling who is inside a session.
 
-A cell holds at most one session. The context variable of a :class:`TaskScope`
-holds the caller's innermost cell; tasks inherit it from the task that started
-them, so each cell says which task may use it without checks (``gate``): a
-session made outside a unit of work belongs to the task that made it alone, a
-unit's session is shared with the tasks started inside the unit while it is open,
-and is checked on every use once it is.
+A :class:`TaskScope` keeps the caller's innermost cell in a context variable;
+tasks inherit it from the task that started them, so each cell says which task
+may use it without checks (``gate``): a session made outside a unit of work
+belongs to the task that made it alone; a unit's session is shared with the tasks
+started inside the unit while it is open, and checked on every use once it is.
 
 Nothing here can await where it is reached: a task's leftovers are closed by a
 done callback that starts a close task on the same loop, and a cell dropped
@@ -18,96 +17,53 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
-import os
-import sys
 import threading
 import typing as t
+import warnings
 import weakref
 
-from ._scopes import Stats, _inherited, speedups
+from ._cells import Cell, Stats
+from ._exceptions import ConcurrentUseError
+from ._scopes import KeyedScope, Scope
 
 __all__ = [
     "FINISHED",
     "SHARED",
     "AsyncCell",
-    "C_CURRENT_TASK",
-    "ASYNC_SPEEDUPS",
-    "Task",
+    "AsyncKeyedScope",
+    "ConcurrentUseWarning",
     "TaskScope",
     "busy_elsewhere",
-    "close_later",
     "drain_closing",
-    "in_session_call",
     "owner",
-    "reap_at_task_end",
     "run_to_end",
-    "running_loop",
 ]
 
 logger = logging.getLogger("scoped_session")
 
 Task = asyncio.Task[t.Any]
 
-# -- who is calling ----------------------------------------------------------------------
-# The proxy compares the caller's task with the one allowed to use a cell without
-# checks, on every access. Python 3.12+ has a C current_task(); 3.11's is written in
-# Python, and its C get_running_loop() makes a getpid() system call on every call
-# (its check against a forked child), which costs more than the rest of the lookup
-# together. There the running loop is kept per thread, checked against the thread
-# running it, and dropped in a fork child; the C dict of current tasks is read
-# directly.
 
-get_running_loop = asyncio.events._get_running_loop
-#: asyncio's own dict of the task running on each event loop, the one that
-#: ``asyncio.current_task()`` reads on Python 3.11 to 3.13 (None if it has none).
-_CURRENT_TASKS: dict[asyncio.AbstractEventLoop | None, Task] | None = vars(asyncio.tasks).get(
-    "_current_tasks"
-)
-if sys.version_info >= (3, 12):
-    C_CURRENT_TASK = True
-    #: This thread's running event loop, or None.
-    running_loop = get_running_loop
+class ConcurrentUseWarning(RuntimeWarning):
+    """A session was reached by one task while another task was using it."""
 
-    def owner() -> Task | None:
-        """The calling task, or None outside any task."""
-        try:
-            return asyncio.current_task()
-        except RuntimeError:  # no running event loop
-            return None
 
-else:  # Python 3.11
-    C_CURRENT_TASK = False
-    assert _CURRENT_TASKS is not None
-    current_tasks = _CURRENT_TASKS
-    _here = threading.local()
-    _get_ident = threading.get_ident
+def owner() -> Task | None:
+    """The calling task, or None outside any task."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running event loop
+        return None
 
-    def running_loop() -> asyncio.AbstractEventLoop | None:
-        """This thread's running event loop, or None: get_running_loop() without
-        a system call once the thread's loop is known."""
-        try:
-            loop: asyncio.AbstractEventLoop = _here.loop
-            # An asyncio loop records the thread running it, None once stopped.
-            if loop._thread_id == _get_ident():  # type: ignore[attr-defined]
-                return loop
-        except AttributeError:  # not known yet, or a loop that does not say
-            pass
-        running = get_running_loop()
-        if running is not None and getattr(running, "_thread_id", None) is not None:
-            _here.loop = running
-        return running
 
-    def _forget_loop_in_child() -> None:
-        # The child's copy of the forking thread would still name the parent's
-        # loop, which does not run here.
-        vars(_here).clear()
-
-    os.register_at_fork(after_in_child=_forget_loop_in_child)
-
-    def owner() -> Task | None:
-        """The calling task, or None outside any task."""
-        return current_tasks.get(running_loop())
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """This thread's running event loop, or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class Marker:
@@ -124,102 +80,42 @@ class Marker:
 
 #: The gate of a unit's cell once a second task has used it: every access is checked.
 SHARED = Marker("<shared>")
-#: The gate and task of a cell whose task has finished.
+#: The gate and task of a cell whose task or unit has finished.
 FINISHED = Marker("<finished>")
 
 #: Close tasks scheduled for sessions left behind, kept until they finish.
 _closing: set[asyncio.Task[None]] = set()
 
 
-class AsyncCell:
-    """A slot that holds at most one async session (``None`` while empty).
+class AsyncCell(Cell):
+    """A cell of an async registry: ``task`` made it (a bare session's owner, or
+    the task that opened the unit); ``gate`` is the one task that may use it
+    without checks (``task`` until another task uses a unit's cell, then
+    :data:`SHARED`); ``loop`` is where its session is closed when nobody else
+    does it; ``users`` are the other tasks that used a shared unit's cell."""
 
-    ``depth`` counts the units of work open on the cell (0: a session made outside
-    any unit); an ended unit's cell keeps ``prev``, the cell it shadowed. ``task``
-    made the cell (a bare session's owner, or the task that opened the unit);
-    ``gate`` is the one task that may use the cell without checks: ``task`` until
-    another task uses a unit's cell, then :data:`SHARED`. ``loop`` is where the
-    cell's session is closed when nobody else does it. With the C speedups,
-    ``thread`` and ``home`` record the thread and the context (its address) the
-    cell was made in, for their test of the gate; else they are None.
-    """
+    __slots__ = ("gate", "loop", "task", "users")
 
-    __slots__ = (
-        "__weakref__",
-        "depth",
-        "ended",
-        "gate",
-        "home",
-        "loop",
-        "prev",
-        "session",
-        "stats",
-        "task",
-        "thread",
-        "users",
-    )
-
-    session: t.Any
     task: Task | Marker | None
-    thread: int | None
-    home: int | None
     gate: Task | Marker | None
     users: weakref.WeakSet[Task] | None
 
     def __init__(
         self,
         stats: Stats,
-        task: Task | None,
-        loop: asyncio.AbstractEventLoop | None,
-        prev: AsyncCell | None = None,
+        prev: Cell | None = None,
         depth: int = 0,
+        label: object = None,
     ) -> None:
-        self.session = None
-        self.stats = stats
-        self.task = self.gate = task
-        self.loop = loop
-        self.prev = prev
-        self.depth = depth
-        self.ended = False
+        super().__init__(stats, prev, depth, label)
+        self.task = self.gate = owner()
+        self.loop = running_loop()
         self.users = None
-        mark_cell(self)
 
-    def take(self) -> t.Any:
-        """Empty the cell and return what it held (``None`` when empty)."""
-        session = self.session
-        self.session = None
-        return session
-
-    def __del__(self) -> None:
+    def reap(self, session: t.Any) -> None:
         # Reached for a cell dropped while it holds a session: its unit was never
         # ended, or its context was not a task's. Nothing here can await.
-        session = self.session
-        if session is None:
-            return
-        self.session = None
-        try:
-            # Made before a fork: the parent's (see Cell.__del__).
-            if self.stats.pid != os.getpid():
-                _inherited.append(session)
-                return
-            self.stats.reaped += 1
-            close_later(session, self.loop, "its context was dropped")
-        except Exception:
-            logger.exception("Closing a session left behind by its context failed.")
-
-
-# The C proxy's test of the gate (see AsyncProxyBase in _speedups.c) reads
-# _CURRENT_TASKS, which exists as such on Python 3.11 to 3.13.
-if speedups is not None and sys.version_info < (3, 14) and isinstance(_CURRENT_TASKS, dict):
-    speedups.configure_async(AsyncCell, _CURRENT_TASKS)
-    #: The C speedups, when AsyncScopedSession uses them, else None.
-    ASYNC_SPEEDUPS: t.Any = speedups
-    mark_cell: t.Callable[[AsyncCell], None] = speedups.mark_cell
-else:  # pragma: no cover - pure Python
-    ASYNC_SPEEDUPS = None
-
-    def mark_cell(cell: AsyncCell) -> None:
-        cell.thread = cell.home = None
+        close_later(session, self.loop, "its context was dropped")
 
 
 def close_later(session: object, loop: asyncio.AbstractEventLoop | None, why: str) -> None:
@@ -273,42 +169,134 @@ async def drain_closing() -> None:
         await asyncio.wait(pending)
 
 
-def reap_at_task_end(cell: AsyncCell, task: Task) -> None:
+def _reap_at_task_end(cell: AsyncCell, task: Task) -> None:
     """A task's done callback: close the session it made and never removed."""
     cell.task = cell.gate = FINISHED
-    session = cell.take()
-    if session is None:
-        return
-    cell.stats.reaped += 1
-    _spawn_close(session, f"its task {task.get_name()} ended")
+    session = cell.take_to_close(reaped=True)
+    if session is not None:
+        _spawn_close(session, f"its task {task.get_name()} ended")
 
 
-class TaskScope:
-    """Where an AsyncScopedSession's cells live: a context variable holds the
-    caller's innermost cell; cells are tracked weakly for ``remove_all()``."""
+class TaskScope(Scope):
+    """Cells per asyncio task: a session made outside a unit belongs to its task;
+    a unit's session is shared with the tasks started inside it while it is open.
+
+    :param strict: raise :class:`ConcurrentUseError` instead of warning when two
+        tasks use one session at the same time.
+    """
 
     kind = "context"
+    var: contextvars.ContextVar[AsyncCell | None]
 
-    def __init__(self) -> None:
-        self.reset()
+    def __init__(self, strict: bool = False) -> None:
+        self.strict = strict
+        super().__init__()
 
     def reset(self) -> None:
-        self.var: contextvars.ContextVar[AsyncCell | None] = contextvars.ContextVar(
-            "scoped_session_async_cell", default=None
+        super().reset()
+        self.var = contextvars.ContextVar("scoped_session_task_cell", default=None)
+        self.slot = self
+
+    @property
+    def cell(self) -> Cell | None:
+        # The proxy's fast path (AsyncScopedSession._current reads the variable
+        # itself); only the caller's own live cell needs no checks.
+        cell = self.var.get()
+        if cell is not None and cell.gate is owner():
+            return cell
+        return None
+
+    def get(self) -> Cell | None:
+        return self.var.get()
+
+    def install(self, cell: Cell | None) -> None:
+        if cell is not None:
+            self.track(cell)
+        self.var.set(t.cast("AsyncCell | None", cell))
+
+    def resolve(self) -> Cell | None:
+        """The caller's cell: an open unit visible in its context, or a session it
+        made itself; dead entries are dropped from the caller's context."""
+        me = owner()
+        cell = top = self.var.get()
+        while cell is not None:
+            if cell.ended:
+                cell = t.cast("AsyncCell | None", cell.prev)
+            elif cell.depth or cell.task is me:
+                break
+            else:
+                # Another task's own session (this task's parent's): not ours, and
+                # nothing under it is either.
+                cell = None
+        if cell is not top:
+            self.var.set(cell)
+        return cell
+
+    def joins(self, outer: Cell) -> bool:
+        # A unit joins one its own task opened; in another task it is its own.
+        return bool(outer.depth) and t.cast("AsyncCell", outer).task is owner()
+
+    def new_cell(self, stats: Stats, prev: Cell | None, depth: int, label: object) -> Cell:
+        cell = AsyncCell(stats, prev, depth, label)
+        task = cell.task
+        if not depth and isinstance(task, asyncio.Task):
+            # The task closes what it leaves behind when it ends; the callback goes
+            # with the task, so the registry keeps no task alive.
+            task.add_done_callback(functools.partial(_reap_at_task_end, cell))
+        return cell
+
+    def leave(self, cell: Cell) -> None:
+        async_cell = t.cast("AsyncCell", cell)
+        async_cell.gate = FINISHED
+        if self.var.get() is cell and owner() is async_cell.task:
+            self.var.set(t.cast("AsyncCell | None", cell.prev))
+            cell.prev = None
+
+    def claim(self, cell: Cell, session: object) -> None:
+        """``me`` reaches a cell another task made (a unit's): from now on every use
+        of it is checked, and this one is checked against the others."""
+        async_cell = t.cast("AsyncCell", cell)
+        me = owner()
+        if async_cell.gate is me or me is None:
+            return  # its own; or a thread in a copied context: nothing to compare with
+        async_cell.gate = SHARED
+        users = async_cell.users
+        if users is None:
+            users = async_cell.users = weakref.WeakSet()
+        users.add(me)
+        if session is not None:
+            other = busy_elsewhere(async_cell, me, session)
+            if other is not None:
+                self.report(other)
+
+    def report(self, other: Task) -> None:
+        message = (
+            f"A session is in use by task {other.get_name()!r} while another task uses"
+            " it too. An async session must not be used by two tasks at the same time:"
+            " await one before the other uses it, or open 'async with Session.scope():'"
+            " in each task to give it its own session."
         )
-        self._lock = threading.Lock()
-        self._cells: weakref.WeakSet[AsyncCell] = weakref.WeakSet()
+        if self.strict:
+            raise ConcurrentUseError(message)
+        warnings.warn(message, ConcurrentUseWarning, stacklevel=5)
 
-    def track(self, cell: AsyncCell) -> None:
-        with self._lock:
-            self._cells.add(cell)
+    def label(self) -> str:
+        task = owner()
+        thread = threading.current_thread().name
+        if task is not None:
+            return f"the task {task.get_name()!r} (thread {thread!r})"
+        return f"a context of the thread {thread!r}"
 
-    def cells(self) -> list[AsyncCell]:
-        with self._lock:
-            return list(self._cells)
+
+class AsyncKeyedScope(KeyedScope):
+    """A session per custom key, for async sessions: a cell dropped with its session
+    has it closed on the loop it was made on."""
+
+    def new_cell(self, stats: Stats, prev: Cell | None, depth: int, label: object) -> Cell:
+        return AsyncCell(stats, prev, depth, label)
 
 
-def in_session_call(task: Task, session: object) -> bool:
+def _in_session_call(task: Task, session: object) -> bool:
     """Whether ``task`` is suspended inside one of ``session``'s own methods: some
     frame on the chain of coroutines it awaits has the session as ``self``."""
     awaited: t.Any = task.get_coro()
@@ -329,13 +317,13 @@ def busy_elsewhere(cell: AsyncCell, me: Task, session: object) -> Task | None:
             isinstance(other, asyncio.Task)
             and other is not me
             and not other.done()
-            and in_session_call(other, session)
+            and _in_session_call(other, session)
         ):
             return other
     return None
 
 
-async def run_to_end(awaitable: t.Awaitable[None]) -> None:
+async def run_to_end(awaitable: t.Awaitable[object]) -> None:
     """Await ``awaitable`` to its end even if the caller is cancelled meanwhile,
     then re-raise that cancellation.
 

@@ -1,130 +1,69 @@
-"""Units of work, and the registry and query helpers of a ScopedSession.
+"""Units of work: a begin/end pair on the caller's cell.
 
-A unit of work is a begin/end pair on the caller's cell: begin makes the cell
-fresh, end commits if asked, closes, and empties that cell, also when it is
-ended from another thread than the one that began it. Integrations are units of
-work opened and ended at their framework's true boundaries.
+Begin makes the cell fresh (or joins an open unit); end commits if asked, closes,
+and empties that cell, also when it is ended from another thread than the one that
+began it. Integrations are units of work opened and ended at their framework's true
+boundaries, with :class:`UnitOfWork` and :func:`end_units` here (sync) or
+``AsyncUnitOfWork`` (asyncio); how failures are handled is ``_ending.py``'s.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import logging
 import typing as t
 
+from ._arguments import check_flag
+from ._cells import Cell, describe
+from ._ending import Ending, end_sessions
 from ._exceptions import ScopedSessionError
-from ._scopes import Cell
+from ._registry import Registry
 
-if t.TYPE_CHECKING:
-    from ._proxy import ScopedSession
+__all__ = ["QueryProperty", "UnitBase", "UnitOfWork", "end_units"]
 
-__all__ = ["QueryProperty", "UnitOfWork"]
-
-logger = logging.getLogger("scoped_session")
-
-
-class _Closeable(t.Protocol):
-    def close(self) -> object: ...
-
-
-S = t.TypeVar("S", bound=_Closeable)
+S = t.TypeVar("S")
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
 
-def close_keeping_first(
-    session: _Closeable, failure: BaseException | None, error: BaseException | None
-) -> BaseException | None:
-    """Close ``session`` and return the failure its caller is to raise: the one
-    it already had, else this close's own. When ``error`` (the work's own
-    exception) is given, or there is a failure already, a failed close is
-    logged instead: the first failure is never hidden."""
-    try:
-        session.close()
-    except Exception as exc:
-        if failure is None and error is None:
-            return exc
-        logger.error("Closing a session failed after an error.", exc_info=True)
-    return failure
+class UnitBase(t.Generic[S]):
+    """What sync and async units share: opening the unit on the caller's cell,
+    and the bookkeeping half of ending it (no I/O)."""
 
-
-class _Registry(t.Generic[S]):
-    """``Session.registry``: the caller's slot, SQLAlchemy-compatible."""
-
-    def __init__(self, scoped: ScopedSession[S]) -> None:
-        self._scoped = scoped
-
-    def __call__(self) -> S:
-        """The caller's session, made on first use."""
-        return self._scoped()
-
-    def has(self) -> bool:
-        """Whether the caller has a session."""
-        cell = self._scoped._resolve()
-        return cell is not None and cell.session is not None
-
-    def set(self, obj: S) -> None:
-        """Make ``obj`` the caller's session; one already there is forgotten,
-        not closed."""
-        scoped = self._scoped
-        cell = scoped._resolve()
-        if cell is None:
-            cell = Cell(scoped._stats)
-            scoped._scope.install(cell)
-        cell.session = obj
-
-    def clear(self) -> None:
-        """Forget the caller's session without closing it."""
-        self._scoped._forget()
-
-
-class UnitOfWork(t.Generic[S]):
-    """A begin/end pair on the caller's cell: see :meth:`ScopedSession.scope`.
-
-    Integrations use :meth:`start` and :meth:`end` directly. ``end()`` may be
-    called from any thread (a WSGI server can close a response anywhere): it
-    ends this unit, not the calling thread's, and calling it again does nothing.
-    """
-
-    __slots__ = ("_cell", "_label", "_open", "_scoped", "commit", "committed", "joined")
+    __slots__ = ("_cell", "_open", "_registry", "commit", "committed", "joined", "label")
 
     def __init__(
-        self, scoped: ScopedSession[S], commit: bool = False, label: object = None
+        self, registry: Registry[t.Any], commit: bool = False, label: object = None
     ) -> None:
-        self._scoped = scoped
-        self.commit = commit
-        #: What the unit is for, named in a reap warning: a string, a WSGI
+        self._registry = registry
+        self.commit = check_flag(commit, "commit")
+        #: What the unit is for, named in warnings and logs: a string, a WSGI
         #: environ (its request), or a callable (its job).
-        self._label = label
+        self.label = label
         self._cell: Cell | None = None
+        #: Whether the unit joined one already open in the caller's scope.
         self.joined = False
-        #: Whether end() committed the unit's session (a later close() may
-        #: still have failed).
+        #: Whether end() committed the unit's session.
         self.committed = False
         # Popped exactly once by end(), whichever thread gets there first.
         self._open: list[bool] = []
 
-    def start(self) -> UnitOfWork[S]:
+    def start(self) -> t.Self:
         """Open the unit in the caller's scope; join an open one."""
         if self._cell is not None:
             raise ScopedSessionError(
                 "This unit of work was already started; call Session.scope() for a new one."
             )
-        scoped = self._scoped
-        scope = scoped._scope
-        outer = scope.get()
-        if outer is not None and outer.ended:
-            outer = scoped._resolve()
-        if outer is not None and outer.depth:
+        registry = self._registry
+        scope = registry._scope
+        outer = scope.resolve()
+        if outer is not None and scope.joins(outer):
             outer.depth += 1
             self._cell = outer
             self.joined = True
         else:
             # A session made outside any unit is shadowed, not adopted: the unit
             # starts fresh and the old session comes back when the unit ends.
-            self._cell = cell = Cell(scoped._stats, outer, 1)
-            if self._label is not None:
-                cell.label = self._label
+            self._cell = cell = scope.new_cell(registry._stats, outer, 1, self.label)
             scope.install(cell)
         self._open.append(True)
         return self
@@ -138,7 +77,50 @@ class UnitOfWork(t.Generic[S]):
     def session(self) -> S | None:
         """The unit's session if one was made, without making one."""
         cell = self._cell
-        return None if cell is None else cell.session
+        return None if cell is None else t.cast("S | None", cell.session)
+
+    @property
+    def where(self) -> str:
+        """What the unit is for, for logs."""
+        return describe(self.label, 1)
+
+    def take_session(self) -> S | None:
+        """Take the unit's session to close it, leaving the unit open (a worker
+        thread's unit between jobs)."""
+        cell = self._cell
+        return None if cell is None else t.cast("S | None", cell.take_to_close())
+
+    def detach(self, reaped: bool = False) -> tuple[bool, S | None]:
+        """End the unit's bookkeeping: whether this call ended it (once, from any
+        thread; a joined unit only leaves), and its session to end."""
+        try:
+            self._open.pop()
+        except IndexError:
+            return False, None
+        cell = self._cell
+        assert cell is not None
+        if self.joined:
+            if not cell.ended:
+                cell.depth -= 1
+            return False, None
+        # Closed to newcomers first: a unit started meanwhile on the owner's side
+        # gets a fresh cell, not this dying one.
+        cell.depth = 0
+        cell.ended = True
+        session = cell.take_to_close(reaped=reaped)
+        self._registry._scope.leave(cell)
+        return True, session
+
+
+class UnitOfWork(UnitBase[S]):
+    """A unit of work of a sync registry: see ``ScopedSession.scope()``.
+
+    Integrations use :meth:`start` and :meth:`end` directly. ``end()`` may be
+    called from any thread (a WSGI server can close a response anywhere): it ends
+    this unit, not the calling thread's, and calling it again does nothing.
+    """
+
+    __slots__ = ()
 
     def end(
         self,
@@ -149,79 +131,37 @@ class UnitOfWork(t.Generic[S]):
     ) -> None:
         """End the unit: commit (when asked and ``error`` is None), close, forget.
 
-        A joined unit only leaves. A failed commit or close is logged and raised,
-        unless ``error`` (the work's own exception) is given: that one is never
-        hidden, and the caller re-raises it.
+        A joined unit only leaves. Failures follow ``_ending``'s policy: raised,
+        unless ``error`` (the work's own exception) is given; then only logged.
 
         :param error: the exception the unit's work raised, if any.
         :param commit: overrides the unit's ``commit`` flag.
-        :param reaped: the end comes from a backstop (a response never closed,
-            a stale unit): counted in ``stats().reaped``, not ``removed``.
+        :param reaped: the end comes from a backstop (a response never closed):
+            counted in ``stats().reaped``, not ``removed``.
         """
-        try:
-            self._open.pop()
-        except IndexError:
+        ended, session = self.detach(reaped)
+        if not ended or session is None:
             return
-        cell = self._cell
-        assert cell is not None
-        if self.joined:
-            cell.depth -= 1
-            return
-        # Closed to newcomers before the commit runs: a unit started meanwhile on
-        # the owner's thread must get a fresh cell, not join this dying one.
-        cell.depth = 0
-        cell.ended = True
-        if commit is None:
-            commit = self.commit
-        failure: BaseException | None = None
-        session = cell.session
-        try:
-            if session is not None and commit and error is None:
-                session.commit()
-                self.committed = True
-        except BaseException as exc:
-            failure = exc
-        finally:
-            session = cell.take()
-            self._finish(cell)
-            if session is not None:
-                if reaped:
-                    self._scoped._stats.reaped += 1
-                else:
-                    self._scoped._stats.removed += 1
-                failure = close_keeping_first(session, failure, error)
-        if failure is not None:
-            if error is not None:
-                logger.error("Ending a unit of work failed.", exc_info=failure)
-            else:
-                raise failure
-
-    def _finish(self, cell: Cell) -> None:
-        cell.depth = 0
-        cell.ended = True
-        scope = self._scoped._scope
-        # On the owner's thread/context give the shadowed cell back at once;
-        # elsewhere the owner's next lookup does it (see ScopedSession._resolve).
-        if scope.get() is cell:
-            scope.install(cell.prev)
-            cell.prev = None
+        wanted = self.commit if commit is None else commit
+        ending = end_sessions([session], commit=wanted, error=error, where=self.where)
+        self.committed = ending.committed > 0
 
     def __enter__(self) -> S:
         self.start()
-        return self._scoped()
+        return t.cast("S", self._registry._current())
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self.end(exc)
 
     def __call__(self, func: F) -> F:
         """Use the unit as a decorator: each call runs in a unit of its own."""
-        scoped, commit = self._scoped, self.commit
+        registry, commit, label = self._registry, self.commit, self.label
 
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def async_wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
-                unit = UnitOfWork(scoped, commit).start()
+                unit = UnitOfWork[t.Any](registry, commit, label).start()
                 try:
                     result = await func(*args, **kwargs)
                 except BaseException as exc:
@@ -234,7 +174,7 @@ class UnitOfWork(t.Generic[S]):
 
         @functools.wraps(func)
         def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
-            unit = UnitOfWork(scoped, commit).start()
+            unit = UnitOfWork[t.Any](registry, commit, label).start()
             try:
                 result = func(*args, **kwargs)
             except BaseException as exc:
@@ -246,11 +186,40 @@ class UnitOfWork(t.Generic[S]):
         return t.cast("F", wrapper)
 
 
-class QueryProperty:
-    """The descriptor made by :meth:`ScopedSession.query_property`."""
+def end_units(
+    units: t.Iterable[UnitBase[t.Any]],
+    *,
+    commit: bool,
+    error: BaseException | None = None,
+    where: str,
+    reaped: bool = False,
+    keep_open: bool = False,
+) -> Ending:
+    """End several sync units at once, by ``_ending``'s policy: commit their
+    sessions in order (when ``commit`` and no ``error``), close all, raise the
+    failure or a group of them unless ``error`` is given.
 
-    def __init__(self, scoped: ScopedSession[t.Any], query_cls: type[t.Any] | None) -> None:
-        self._scoped = scoped
+    :param where: what the units were for, for the log ("GET /notes").
+    :param reaped: a backstop ends them (counted as reaped).
+    :param keep_open: end only the units' sessions; the units stay open (a worker
+        thread's units between jobs).
+    """
+    sessions = []
+    for unit in units:
+        if keep_open:
+            session = unit.take_session()
+        else:
+            _, session = unit.detach(reaped)
+        if session is not None:
+            sessions.append(session)
+    return end_sessions(sessions, commit=commit, error=error, where=where)
+
+
+class QueryProperty:
+    """The descriptor made by ``ScopedSession.query_property()``."""
+
+    def __init__(self, registry: Registry[t.Any], query_cls: type[t.Any] | None) -> None:
+        self._registry = registry
         self._query_cls = query_cls
 
     def __get__(self, instance: object, owner: type[t.Any]) -> t.Any:
@@ -262,7 +231,7 @@ class QueryProperty:
                 f"query_property() is on {owner.__name__}, which is not mapped by"
                 " SQLAlchemy; put it on a mapped class (or its declarative base)."
             )
-        session = self._scoped()
+        session = self._registry._current()
         if self._query_cls is not None:
             return self._query_cls(mapper, session=session)
         return session.query(mapper)

@@ -42,12 +42,15 @@ streamed body runs are committed after its last message, when it got there.
 from __future__ import annotations
 
 import asyncio
-import functools
+import inspect
 import logging
 import typing as t
 
-from ._proxy import ScopedSession, UnitOfWork
+from ._arguments import check_flag
+from ._ending import end_sessions_async
+from ._proxy import ScopedSession
 from ._tasks import run_to_end
+from ._units import UnitBase, UnitOfWork
 from .asyncio import AsyncScopedSession, AsyncUnitOfWork
 
 __all__ = ["ScopedSessionMiddleware"]
@@ -61,66 +64,19 @@ ASGIApp = t.Callable[[Message, Receive, Send], t.Awaitable[None]]
 AnyScopedSession = ScopedSession[t.Any] | AsyncScopedSession[t.Any]
 
 
-class _Unit(t.Protocol):
-    @property
-    def session(self) -> t.Any: ...
-
-    async def commit(self) -> None: ...
-
-    async def end(self, error: BaseException | None = None, *, commit: bool = False) -> None: ...
-
-
-class _AsyncUnit:
-    """An AsyncScopedSession's unit of work."""
-
-    __slots__ = ("_unit",)
-
-    def __init__(self, scoped: AsyncScopedSession[t.Any]) -> None:
-        self._unit = AsyncUnitOfWork(scoped).start()
-
-    @property
-    def session(self) -> t.Any:
-        return self._unit.session
-
-    async def commit(self) -> None:
-        session = self._unit.session
-        if session is not None:
-            await run_to_end(session.commit())
-
-    async def end(self, error: BaseException | None = None, *, commit: bool = False) -> None:
-        await self._unit.end(error, commit=commit)
-
-
-class _ThreadedUnit:
-    """A sync ScopedSession's unit of work: opened in the request's task (no I/O);
-    its commit and end, which talk to the database, run on a worker thread."""
-
-    __slots__ = ("_unit",)
-
-    def __init__(self, scoped: ScopedSession[t.Any]) -> None:
-        self._unit = UnitOfWork(scoped).start()
-
-    @property
-    def session(self) -> t.Any:
-        return self._unit.session
-
-    async def commit(self) -> None:
-        session = self._unit.session
-        if session is not None:
-            await _in_thread(session.commit)
-
-    async def end(self, error: BaseException | None = None, *, commit: bool = False) -> None:
-        unit = self._unit
-        if unit.session is None:
-            unit.end(error, commit=commit)  # nothing to close: bookkeeping only
-        else:
-            await _in_thread(functools.partial(unit.end, error, commit=commit))
-
-
 async def _in_thread(func: t.Callable[[], object]) -> None:
     """Run ``func`` on the loop's default executor to its end, even if cancelled."""
     loop = asyncio.get_running_loop()
     await run_to_end(t.cast("asyncio.Future[None]", loop.run_in_executor(None, func)))
+
+
+async def _run(method: t.Callable[[], object]) -> None:
+    """Perform one step of ending a session: an async session's is awaited, a sync
+    session's (which talks to the database) runs on a worker thread."""
+    if inspect.iscoroutinefunction(method):
+        await t.cast("t.Awaitable[object]", method())
+    else:
+        await _in_thread(method)
 
 
 def _is_context_scoped(scoped: ScopedSession[t.Any]) -> bool:
@@ -178,8 +134,7 @@ class ScopedSessionMiddleware:
                 "The same scoped session was passed to ScopedSessionMiddleware() twice;"
                 " pass each one once."
             )
-        if not isinstance(commit, bool):
-            raise TypeError(f"commit must be True or False, not {type(commit).__name__}.")
+        check_flag(commit, "commit")
         self.app = app
         self.sessions = sessions
         self.commit = commit
@@ -196,14 +151,16 @@ class ScopedSessionMiddleware:
         else:
             await self.app(scope, receive, send)
 
-    async def _start(self) -> list[_Unit]:
-        started: list[_Unit] = []
+    async def _start(self) -> list[UnitBase[t.Any]]:
+        # Opening a unit is bookkeeping only (no I/O), in the request's task: the
+        # sync endpoints' threads get a copy of its context, hence its sessions.
+        started: list[UnitBase[t.Any]] = []
         try:
             for scoped in self.sessions:
                 if isinstance(scoped, AsyncScopedSession):
-                    started.append(_AsyncUnit(scoped))
+                    started.append(AsyncUnitOfWork[t.Any](scoped).start())
                 else:
-                    started.append(_ThreadedUnit(scoped))
+                    started.append(UnitOfWork[t.Any](scoped).start())
         except BaseException as exc:
             await _end_all(started, False, "a request", exc)
             raise
@@ -279,49 +236,33 @@ def _is_last(message: Message, trailers: bool) -> bool:
     return kind == "http.response.pathsend"
 
 
-async def _commit_all(units: list[_Unit], where: str) -> None:
-    """Commit each unit's session in order. A failure is logged and raised; the
+async def _commit_all(units: list[UnitBase[t.Any]], where: str) -> None:
+    """Commit each unit's session in order, by the policy. A failure is raised; the
     units stay open for the caller to roll back and end."""
-    for unit in units:
-        try:
-            await unit.commit()
-        except BaseException as exc:
-            if not isinstance(exc, asyncio.CancelledError):
-                logger.error(
-                    "Committing the database session failed for %s; rolling back.",
-                    where,
-                    exc_info=True,
-                )
-            raise
+    sessions = [unit.session for unit in units if unit.session is not None]
+    await run_to_end(end_sessions_async(sessions, commit=True, close=False, where=where, run=_run))
 
 
 async def _end_all(
-    units: list[_Unit], commit: bool, where: str, error: BaseException | None = None
+    units: list[UnitBase[t.Any]], commit: bool, where: str, error: BaseException | None = None
 ) -> list[BaseException]:
-    """End every unit, committing while ``commit`` holds: after a failure the rest
-    roll back. Every failure is logged with the request's method and path and
-    returned; a cancellation that came meanwhile is re-raised once all are ended."""
-    failures: list[BaseException] = []
-    cancelled: asyncio.CancelledError | None = None
+    """End every unit by the policy, to its end even if cancelled meanwhile (the
+    cancellation is re-raised after). The policy's failure is returned, not raised:
+    the app's send() must not fail for it."""
+    sessions = []
     for unit in units:
-        try:
-            await unit.end(error, commit=commit and error is None)
-        except asyncio.CancelledError as exc:
-            cancelled = exc
-        except BaseException as exc:
-            if commit:
-                logger.error(
-                    "Committing the database session failed for %s; it was rolled back.",
-                    where,
-                    exc_info=exc,
-                )
-            else:
-                logger.error("Closing the database session failed for %s.", where, exc_info=exc)
-            failures.append(exc)
-            commit = False
-    if cancelled is not None:
-        raise cancelled
-    return failures
+        _, session = unit.detach()
+        if session is not None:
+            sessions.append(session)
+    try:
+        await run_to_end(
+            end_sessions_async(sessions, commit=commit, error=error, where=where, run=_run)
+        )
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        return [exc]
+    return []
 
 
 def _raise(failures: list[BaseException]) -> None:

@@ -40,9 +40,11 @@ import typing as t
 
 from celery import Celery, signals  # type: ignore[import-untyped]
 
+from ._arguments import check_flag, registries
 from ._exceptions import ScopedSessionError
-from ._proxy import ScopedSession, UnitOfWork
-from .worker import _as_sessions, _end_units
+from ._proxy import ScopedSession
+from ._registry import forget_all
+from ._units import UnitOfWork, end_units
 
 __all__ = ["init_celery"]
 
@@ -95,7 +97,7 @@ class _Wiring:
             return
         delattr(request, self.attr)
         # Celery logs what a signal handler raises; the task's state is final.
-        _end_units(units, None, commit=self.commit and state == _SUCCESS)
+        end_units(units, commit=self.commit and state == _SUCCESS, where=f"the task {task.name}")
 
     def worker_process_init(self, **kw: t.Any) -> None:
         # The core drops inherited sessions in an os.fork() hook already; this
@@ -104,7 +106,7 @@ class _Wiring:
         if os.getpid() == self.pid:
             return
         for scoped in self.sessions:
-            scoped._forget_inherited()
+            forget_all(scoped)
 
 
 def init_celery(
@@ -125,9 +127,10 @@ def init_celery(
             "init_celery() takes the Celery application first, then the"
             f" ScopedSession(s); got an object of type {type(celery_app).__name__}."
         )
-    sessions = _as_sessions((session, *more), "init_celery()")
-    if not isinstance(commit, bool):
-        raise TypeError(f"commit must be True or False; got {type(commit).__name__}.")
+    sessions: tuple[ScopedSession[t.Any], ...] = registries(
+        (session, *more), "init_celery()", ScopedSession
+    )
+    check_flag(commit, "commit")
     wirings: list[_Wiring] = celery_app.__dict__.setdefault("_scoped_session_wirings", [])
     for wiring in wirings:
         for scoped in sessions:

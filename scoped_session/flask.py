@@ -33,20 +33,24 @@ from __future__ import annotations
 import functools
 import itertools
 import typing as t
+import weakref
 from types import GeneratorType
 
 from flask import Flask, Response
-from flask.globals import _cv_app
+from flask.ctx import AppContext
+from flask.globals import app_ctx
 
+from ._cells import EMPTY, Cell, NoCell
+from ._ending import end_sessions
 from ._exceptions import NoScopeError, ScopedSessionError
 from ._proxy import ScopedSession
-from ._scopes import Cell, CellTracker, NoCell
-from ._units import _Closeable, close_keeping_first
+from ._registry import Closeable
+from ._scopes import Scope
 
 __all__ = ["FlaskScopedSession"]
 
 
-S = t.TypeVar("S", bound=_Closeable)
+S = t.TypeVar("S", bound=Closeable)
 
 #: The key of the per-app state in ``app.extensions``: a dict that maps each
 #: FlaskScopedSession registered on the app to its settings.
@@ -94,45 +98,61 @@ class _Deferred:
         self.left = False
 
 
-class AppContextScope:
+def _context() -> AppContext | None:
+    """The current application context, or None."""
+    try:
+        # werkzeug's documented way to the object behind a proxy.
+        return t.cast("AppContext", app_ctx._get_current_object())  # type: ignore[attr-defined]
+    except RuntimeError:  # outside any application context
+        return None
+
+
+class _FlaskSlot(NoCell):
+    """The Flask scope's slot: ``cell`` is the cell on the current context, or the
+    slot itself (which holds nothing) where there is none."""
+
+    __slots__ = ("_attr",)
+
+    def __init__(self, attr: str) -> None:
+        self._attr = attr
+
+    @property
+    def cell(self) -> Cell | NoCell:
+        return getattr(_context(), self._attr, self)
+
+
+class AppContextScope(Scope):
     """A scope whose cell lives on the current Flask application context.
 
     The cell is an attribute of the ``AppContext`` object, so it lives and dies
     with that context; cells are also tracked weakly for ``remove_all()``.
+    Sessions are made only in the contexts of the apps it was registered on.
     """
 
     kind = "flask"
-    release = None  # an empty cell stays for reuse; it dies with its context
 
     def __init__(self) -> None:
-        self.reset()
+        #: The apps whose contexts get sessions (see FlaskScopedSession.init_app).
+        self.apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+        super().__init__()
 
     def reset(self) -> None:
+        super().reset()
         # Fresh attribute names: after os.fork() a context inherited from the
         # parent still carries the old attributes, which must now be invisible.
         number = next(_numbers)
-        self.cell_attr = cell_attr = f"_scoped_session_cell_{number}"
+        self.cell_attr = f"_scoped_session_cell_{number}"
         self.state_attr = f"_scoped_session_state_{number}"
-        get_context = _cv_app.get
-
-        def cell(slot: object) -> t.Any:
-            # Without a context, or without a cell on it, this returns the slot
-            # itself, whose ``session`` is None: the proxy goes to the slow
-            # path, as with ContextScope.
-            return getattr(get_context(None), cell_attr, slot)
-
-        slot_type = type("FlaskSlot", (NoCell,), {"__slots__": (), "cell": property(cell)})
-        self.slot = slot_type()
-        self._tracked = CellTracker()
+        self.slot = _FlaskSlot(self.cell_attr)
 
     def get(self) -> Cell | None:
-        context = _cv_app.get(None)
+        context = _context()
         if context is None:
             return None
-        return context.__dict__.get(self.cell_attr)
+        return t.cast("Cell | None", context.__dict__.get(self.cell_attr))
 
     def install(self, cell: Cell | None) -> None:
-        context = _cv_app.get(None)
+        context = _context()
         if cell is None:
             if context is not None:
                 context.__dict__.pop(self.cell_attr, None)
@@ -142,11 +162,26 @@ class AppContextScope:
         self.track(cell)
         setattr(context, self.cell_attr, cell)
 
-    def track(self, cell: Cell) -> None:
-        self._tracked.add(cell)
+    def check(self) -> None:
+        # Before the factory runs: a session made outside any context, or in the
+        # context of an app nobody ends contexts for, would never be closed.
+        context = _context()
+        if context is None:
+            raise NoScopeError(_NO_CONTEXT)
+        if context.app not in self.apps:
+            raise ScopedSessionError(
+                f"This FlaskScopedSession is not registered on the app {context.app.name!r}."
+                " Call Session.init_app(app) where the app is created."
+            )
 
-    def cells(self) -> list[Cell]:
-        return self._tracked.snapshot()
+    def label(self) -> str:
+        return "an application context"
+
+    def take(self, context: AppContext) -> list[t.Any]:
+        """Take every session of ``context`` (its cell and the ones a unit left
+        open there shadowed), counted as removed."""
+        cell: Cell | None = context.__dict__.pop(self.cell_attr, None)
+        return [] if cell is None else cell.sessions()
 
 
 class FlaskScopedSession(ScopedSession[S]):
@@ -165,8 +200,6 @@ class FlaskScopedSession(ScopedSession[S]):
         without a response (scripts, CLI commands) never commit on their own.
     """
 
-    __slots__ = ("_commit_default", "_flask_scope")
-
     def __init__(
         self,
         session_factory: t.Callable[..., S],
@@ -174,10 +207,9 @@ class FlaskScopedSession(ScopedSession[S]):
         *,
         commit: bool | None = None,
     ) -> None:
-        super().__init__(session_factory)
-        self._commit_default = commit
         self._flask_scope = AppContextScope()
-        self._use_scope(self._flask_scope)
+        super().__init__(session_factory, scope=self._flask_scope)
+        self._commit_default = commit
         if app is not None:
             self.init_app(app)
 
@@ -194,6 +226,7 @@ class FlaskScopedSession(ScopedSession[S]):
         if commit is None:
             commit = bool(app.config.get("SCOPED_SESSION_COMMIT", False))
         registered[self] = _AppState(commit)
+        self._flask_scope.apps.add(app)
 
         # Plain handlers, not signals: a signal with receivers costs every
         # request of every app several microseconds. after_request handlers run
@@ -205,54 +238,17 @@ class FlaskScopedSession(ScopedSession[S]):
         app.after_request(after_request)
         app.teardown_appcontext(self._on_teardown)
 
-    def _app_state(self, app: Flask) -> _AppState:
-        try:
-            return app.extensions[EXTENSION_KEY][self]  # type: ignore[no-any-return]
-        except KeyError:
-            raise ScopedSessionError(
-                f"This FlaskScopedSession is not registered on the app {app.name!r}."
-                " Call Session.init_app(app) where the app is created."
-            ) from None
-
     # -- the end of a context ----------------------------------------------------
     # A context's cell belongs to the context, as a thread's cell belongs to its
-    # thread: it is made on first use and emptied when the context is over. No
-    # UnitOfWork object per context: that would more than double the cost of a
-    # request's session. A Session.scope() inside a context is a unit of its
-    # own, as anywhere else.
-
-    def _create(self, kw: dict[str, t.Any]) -> S:
-        # Checked before the factory runs: a session made outside any context,
-        # or in the context of an app this object does not close sessions
-        # for, would have nobody to close it.
-        context = _cv_app.get(None)
-        if context is None:
-            raise NoScopeError(_NO_CONTEXT)
-        if self not in context.app.extensions.get(EXTENSION_KEY, ()):
-            self._app_state(context.app)  # raises the error that says what to do
-        scope = self._flask_scope
-        if kw or scope.cell_attr in context.__dict__:
-            # A cell is there already (emptied by remove(), or a unit's):
-            # the general path knows every case.
-            return super()._create(kw)
-        # The first use in a fresh context, the common case, made short.
-        session = self.session_factory()
-        cell = Cell(self._stats)
-        scope.track(cell)
-        setattr(context, scope.cell_attr, cell)
-        cell.session = session
-        self._stats.created += 1
-        if type(session) is not self._last_type:
-            self._learn(session)  # Python 3.11: drops __getattr__ when it can
-        return session
+    # thread: it is made on first use and emptied when the context is over. A
+    # Session.scope() inside a context is a unit of its own, as anywhere else.
 
     def _after_request(self, response: Response, commit: bool) -> Response:
         """Commit a successful response's session before it is sent; hand the
         end of the context to a streamed response's ``close()``."""
-        context = _cv_app.get(None)
+        context = _context()
         if context is None:
             return response
-        found = context.__dict__
         scope = self._flask_scope
         commit = commit and response.status_code < 400
         # A generator body may run later in this context (stream_with_context
@@ -269,13 +265,13 @@ class FlaskScopedSession(ScopedSession[S]):
             response.call_on_close(functools.partial(self._close_deferred, context, deferred))
             return response
         if commit:
-            session = getattr(found.get(scope.cell_attr), "session", None)
+            session = getattr(context.__dict__.get(scope.cell_attr, EMPTY), "session", None)
             if session is not None:
                 # Raising here turns into a logged 500 response, by Flask.
-                session.commit()
+                end_sessions([session], commit=True, close=False, where=_where())
         return response
 
-    def _close_deferred(self, context: t.Any, deferred: _Deferred) -> None:
+    def _close_deferred(self, context: AppContext, deferred: _Deferred) -> None:
         # Runs from the response's close(), on whichever thread the server
         # closes it; a body that ran has ended the context already.
         found = context.__dict__
@@ -286,7 +282,7 @@ class FlaskScopedSession(ScopedSession[S]):
     def _on_teardown(self, exc: BaseException | None) -> None:
         """The application context is being popped: close its session, unless
         this is the pop before a streamed body runs."""
-        context = _cv_app.get(None)
+        context = _context()
         if context is None:
             return
         found = context.__dict__
@@ -305,31 +301,20 @@ class FlaskScopedSession(ScopedSession[S]):
             error = exc if exc is not None else deferred.error
             self._end_context(context, error, commit=deferred.commit)
 
-    def _end_context(self, context: t.Any, error: BaseException | None, *, commit: bool) -> None:
-        """Empty the context's cell: commit (when asked and ``error`` is None),
-        then close its session and any a unit left open there shadowed.
+    def _end_context(
+        self, context: AppContext, error: BaseException | None, *, commit: bool
+    ) -> None:
+        """Empty the context's cell by the policy: commit (when asked and ``error``
+        is None), then close its session and any a unit left open there shadowed."""
+        sessions = self._flask_scope.take(context)
+        if sessions:
+            end_sessions(sessions, commit=commit, error=error, where=_where())
 
-        Every session is closed even if some fail. A failure is raised (the
-        first) when ``error`` is None, else logged: the error is the request's
-        own and is never hidden.
-        """
-        cell: Cell | None = context.__dict__.pop(self._flask_scope.cell_attr, None)
-        sessions = []
-        while cell is not None:
-            session = cell.take()
-            if session is not None:
-                sessions.append(session)
-            cell = cell.prev
-        if not sessions:
-            return
-        self._stats.removed += len(sessions)
-        failure: BaseException | None = None
-        if commit and error is None:
-            try:
-                sessions[0].commit()
-            except Exception as exc:
-                failure = exc
-        for session in sessions:
-            failure = close_keeping_first(session, failure, error)
-        if failure is not None:
-            raise failure
+
+def _where() -> str:
+    """The current request, for the log."""
+    from flask import has_request_context, request
+
+    if has_request_context():
+        return f"{request.method} {request.path}"
+    return "an application context"

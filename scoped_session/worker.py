@@ -36,16 +36,19 @@ closed when the pool shuts down.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import logging
-import os
 import threading
 import typing as t
-import weakref
 from collections.abc import Sequence
 from types import TracebackType
 
-from ._proxy import ScopedSession, UnitOfWork
+from ._arguments import check_flag, registries
+from ._ending import end_sessions
+from ._fork import dispose_engines_after_fork
+from ._proxy import ScopedSession
+from ._units import UnitOfWork, end_units
 
 __all__ = ["ScopedThreadPoolExecutor", "dispose_engines_after_fork"]
 
@@ -62,66 +65,6 @@ P = t.ParamSpec("P")
 T = t.TypeVar("T")
 
 _PER = ("job", "thread")
-
-
-def _as_sessions(sessions: object, what: str) -> tuple[ScopedSession[t.Any], ...]:
-    """Validate ``sessions``: one ScopedSession or a non-empty sequence of them."""
-    if isinstance(sessions, ScopedSession):
-        return (sessions,)
-    if isinstance(sessions, Sequence) and not isinstance(sessions, str | bytes):
-        found = tuple(sessions)
-        if not found:
-            raise ValueError(f"{what} needs at least one ScopedSession; got an empty sequence.")
-        for item in found:
-            if not isinstance(item, ScopedSession):
-                raise TypeError(
-                    f"{what} takes ScopedSession objects (or a list of them); the"
-                    f" list holds an object of type {type(item).__name__}. Wrap a"
-                    " sessionmaker in ScopedSession(sessionmaker(engine)) first."
-                )
-        return found
-    raise TypeError(
-        f"{what} takes a ScopedSession or a list of them; got an object of type"
-        f" {type(sessions).__name__}. Wrap a sessionmaker in"
-        " ScopedSession(sessionmaker(engine)) first."
-    )
-
-
-def _end_units(
-    units: Sequence[UnitOfWork[t.Any]],
-    error: BaseException | None,
-    *,
-    commit: bool | None = None,
-    raise_first: bool = True,
-) -> None:
-    """End every unit, also when some fail.
-
-    Once one commit fails the remaining units are ended as failed (rolled back,
-    not committed); a failed close() after a commit does not stop the others.
-    The first failure is raised (when ``raise_first``); the others are logged,
-    as they would be lost otherwise. ``error``, the work's
-    own exception, is never replaced: with it, failures are only logged.
-    """
-    first: BaseException | None = None
-    failed_commit: BaseException | None = None
-    for unit in units:
-        try:
-            # With an error given, end() logs its own failures and never raises.
-            unit.end(error if error is not None else failed_commit, commit=commit)
-        except BaseException as exc:
-            wanted = unit.commit if commit is None else commit
-            committing = wanted and not unit.committed and failed_commit is None
-            if committing:
-                # Only a failed commit rolls the later units back; a close()
-                # that failed after its commit stops nothing.
-                failed_commit = exc
-            if first is None and raise_first:
-                first = exc
-            else:
-                what = "Committing" if committing else "Closing"
-                logger.error("%s a session failed while ending a unit of work.", what, exc_info=exc)
-    if first is not None and raise_first:
-        raise first
 
 
 class _ThreadUnits:
@@ -149,6 +92,10 @@ class _ThreadUnits:
             return True
         finally:
             self.running.release()
+
+
+def _job_name(fn: t.Callable[..., t.Any]) -> str:
+    return f"the job {getattr(fn, '__qualname__', type(fn).__qualname__)}"
 
 
 def _one_session_job(scoped: ScopedSession[t.Any], fn: t.Callable[..., T]) -> t.Callable[..., T]:
@@ -200,15 +147,16 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
         commit: bool = False,
         **executor_kwargs: t.Any,
     ) -> None:
-        scoped = _as_sessions(sessions, "ScopedThreadPoolExecutor()")
+        scoped: tuple[ScopedSession[t.Any], ...] = registries(
+            sessions, "ScopedThreadPoolExecutor()", ScopedSession
+        )
         if per not in _PER:
             raise ValueError(
                 f"Unknown per={per!r}: pass per='job' (a unit of work for each job,"
                 " the default) or per='thread' (one session per worker thread,"
                 " closed at shutdown)."
             )
-        if not isinstance(commit, bool):
-            raise TypeError(f"commit must be True or False; got {type(commit).__name__}.")
+        check_flag(commit, "commit")
         initializer = executor_kwargs.pop("initializer", None)
         initargs = tuple(executor_kwargs.pop("initargs", ()))
         if initializer is not None and not callable(initializer):
@@ -314,43 +262,15 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
                 units.append(UnitOfWork(scoped, self._commit, fn).start())
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            _end_units(units, exc)
+            end_units(units, commit=self._commit, error=exc, where=_job_name(fn))
             raise
-        _end_units(units, None)
+        end_units(units, commit=self._commit, where=_job_name(fn))
         return result
 
     def _end_job(self, units: list[UnitOfWork[t.Any]], error: BaseException | None) -> None:
-        """Commit (when asked and the job returned), then close and forget the
-        job's sessions; the thread's units stay open for the next job.
-
-        As :meth:`UnitOfWork.end`: after a failed commit the other sessions are
-        not committed; every session is closed; the first failure is raised
-        unless the job raised (then failures are logged).
-        """
-        first: BaseException | None = None
-        committing = self._commit and error is None
-        for unit, scoped in zip(units, self._sessions, strict=True):
-            session = unit.session
-            if session is None:
-                continue
-            if committing:
-                try:
-                    session.commit()
-                except BaseException as exc:
-                    # Only a failed commit rolls the later sessions back; a
-                    # failed close() of an earlier one does not.
-                    committing = False
-                    if first is None:
-                        first = exc
-            try:
-                scoped.remove()  # on the worker thread: the unit's session
-            except Exception as exc:
-                if error is None and first is None:
-                    first = exc
-                else:
-                    logger.error("Closing a job's session failed.", exc_info=True)
-        if first is not None:
-            raise first
+        """End the job's sessions by the policy (commit when asked and the job
+        returned, close, forget); the thread's units stay open for the next job."""
+        end_units(units, commit=self._commit, error=error, where="a job", keep_open=True)
 
     # -- per="thread" -----------------------------------------------------------
 
@@ -389,19 +309,17 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
             running.release()
             if state.close_requested and state.claim():
                 # shutdown(wait=False) ran during this job; nobody is left to
-                # raise to, and the job's own outcome must stand.
-                _end_units(state.units, None, commit=False, raise_first=False)
+                # raise to (the policy logged it), and the job's own outcome must stand.
+                with contextlib.suppress(Exception):
+                    end_units(state.units, commit=False, where="shutdown()")
 
     def _commit_thread(self, state: _ThreadUnits) -> None:
-        for unit in state.units:
-            session = unit.session
-            if session is None:
-                continue
-            try:
-                session.commit()
-            except BaseException:
-                self._recover(state)
-                raise
+        sessions = [unit.session for unit in state.units if unit.session is not None]
+        try:
+            end_sessions(sessions, commit=True, close=False, where="a job")
+        except BaseException:
+            self._recover(state)
+            raise
 
     def _recover(self, state: _ThreadUnits) -> None:
         """Make this thread's sessions usable for the next job after a failure.
@@ -439,9 +357,9 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
         A failed close is logged, and the first is raised.
         """
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
-        self._close_thread_units(raise_first=True)
+        self._close_thread_units(None)
 
-    def _close_thread_units(self, *, raise_first: bool) -> None:
+    def _close_thread_units(self, error: BaseException | None) -> None:
         self._last = (_no_job, _no_job)  # let the last job's function go
         with self._states_lock:
             self._closing = True
@@ -451,7 +369,7 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
             state.close_requested = True  # before claim(): see _ThreadUnits
             if state.claim():
                 idle.extend(state.units)
-        _end_units(idle, None, commit=False, raise_first=raise_first)
+        end_units(idle, commit=False, error=error, where="shutdown()")
 
     def __exit__(
         self,
@@ -464,64 +382,5 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
             return False
         # The block's own exception goes first: a failed close is only logged.
         concurrent.futures.ThreadPoolExecutor.shutdown(self, wait=True)
-        self._close_thread_units(raise_first=False)
+        self._close_thread_units(exc)
         return False
-
-
-# -- fork ----------------------------------------------------------------------
-
-
-class _Disposable(t.Protocol):
-    def dispose(self, close: bool = ...) -> None: ...
-
-
-#: Engines whose pools a fork child replaces. Weak: registering an engine does
-#: not keep it alive, and a disposed-of engine simply drops out.
-_fork_engines: weakref.WeakSet[_Disposable] = weakref.WeakSet()
-_fork_hook_lock = threading.Lock()
-_fork_hook_registered = False
-
-
-def _dispose_in_child() -> None:
-    # Runs in the child right after fork, with one thread: no lock (a parent
-    # thread may have held it at fork time), and every engine is tried.
-    for engine in list(_fork_engines):
-        try:
-            engine.dispose(close=False)
-        except Exception:
-            logger.error("Disposing of an engine's pool after fork failed.", exc_info=True)
-
-
-def dispose_engines_after_fork(*engines: _Disposable) -> None:
-    """Give each engine a fresh connection pool in every forked child.
-
-    Call it in the parent before forking (gunicorn ``--preload``, ``os.fork()``,
-    multiprocessing's ``"fork"`` start method, Celery's prefork pool). In each
-    child it calls ``engine.dispose(close=False)``: the child forgets the
-    pooled connections it inherited *without closing them* (closing would talk
-    on the parent's sockets) and opens its own. The parent's connections keep
-    working. The engines are held weakly; registering twice is harmless.
-
-    Sessions need nothing: a :class:`~scoped_session.ScopedSession` already
-    starts empty in a fork child.
-
-    :param engines: SQLAlchemy ``Engine`` objects (anything with
-        ``dispose(close=False)``).
-    """
-    global _fork_hook_registered
-    for engine in engines:
-        if hasattr(engine, "sync_engine"):
-            raise TypeError(
-                "dispose_engines_after_fork() takes synchronous engines; for an"
-                " AsyncEngine pass its .sync_engine."
-            )
-        if not callable(getattr(engine, "dispose", None)):
-            raise TypeError(
-                "dispose_engines_after_fork() takes SQLAlchemy engines (objects with"
-                f" dispose(close=False)); got an object of type {type(engine).__name__}."
-            )
-    with _fork_hook_lock:
-        _fork_engines.update(engines)
-        if not _fork_hook_registered:
-            os.register_at_fork(after_in_child=_dispose_in_child)
-            _fork_hook_registered = True

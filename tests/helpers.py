@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import contextlib
 import os
 import re
@@ -312,3 +314,18 @@ def get_and_leave(port: int, path: str, at_least: int, timeout: float) -> int:
             received += data
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     return int(received.split(b" ", 2)[1]) if received.startswith(b"HTTP/") else 0
+
+
+def reaches_the_session(proxy: t.Any, session: object, name: str) -> bool:
+    """Whether ``proxy.name`` is the caller's ``session.name``: a member the proxy
+    defines has the session's signature (a method) or gives the session's value;
+    any other name is the session's own attribute, through ``__getattr__``."""
+    ours, theirs = getattr(proxy, name), getattr(session, name)
+    member = inspect.getattr_static(type(proxy), name, None)
+    if inspect.isfunction(member) or isinstance(member, classmethod):
+        return inspect.signature(ours) == inspect.signature(theirs)
+    if callable(theirs) and hasattr(theirs, "__self__"):
+        return bool(ours.__self__ is theirs.__self__ and ours.__func__ is theirs.__func__)
+    if getattr(session, name) is not theirs:
+        return type(ours) is type(theirs)  # a fresh object per read (no_autoflush)
+    return bool(ours is theirs or ours == theirs)

@@ -615,10 +615,8 @@ def test_a_reap_names_the_thread_and_where_the_session_was_made(
 
 def test_a_reaped_unit_is_named_by_its_label(caplog: pytest.LogCaptureFixture) -> None:
     Session = ScopedSession(TrivialSession)
-    environ = {"REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": "/notes"}
-
     def leak() -> None:
-        UnitOfWork(Session, label=environ).start()  # never ended
+        UnitOfWork(Session, label="the request POST /notes").start()  # never ended
         Session()
 
     thread = threading.Thread(target=leak)

@@ -1,0 +1,48 @@
+"""Checks of what users pass, shared by the registries and the integrations: each
+raises at the call that made the mistake, saying what to pass instead."""
+
+from __future__ import annotations
+
+import typing as t
+
+__all__ = ["check_flag", "registries"]
+
+
+def check_flag(value: object, name: str) -> bool:
+    """``value`` if it is a bool, else a TypeError that names the argument."""
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"{name} must be True or False, not an object of type {type(value).__name__}."
+        )
+    return value
+
+
+def registries(value: object, what: str, cls: type[t.Any] | None = None) -> tuple[t.Any, ...]:
+    """Validate the registries an integration was given: one registry or a non-empty
+    sequence of them, each once, of ``cls`` (``Registry`` by default)."""
+    from ._registry import Registry
+
+    kind = Registry if cls is None else cls
+    name = kind.__name__
+    if isinstance(value, Registry):
+        found: tuple[t.Any, ...] = (value,)
+    elif isinstance(value, t.Sequence) and not isinstance(value, str | bytes):
+        found = tuple(value)
+        if not found:
+            raise ValueError(f"{what} needs at least one {name}; got an empty sequence.")
+    else:
+        raise TypeError(
+            f"{what} takes a {name} or a list of them; got an object of type"
+            f" {type(value).__name__}. Wrap the factory first:"
+            f" Session = {name}(sessionmaker(engine))."
+        )
+    for item in found:
+        if not isinstance(item, kind):
+            raise TypeError(
+                f"{what} takes {name} objects; the list holds an object of type"
+                f" {type(item).__name__}. Wrap the factory first:"
+                f" Session = {name}(sessionmaker(engine))."
+            )
+    if len(set(map(id, found))) != len(found):
+        raise ValueError(f"The same {kind.__name__} was passed to {what} twice; pass each once.")
+    return found

@@ -1,0 +1,184 @@
+"""Cells: the slot that holds at most one session, and what a registry counts.
+
+A scope (``_scopes.py``) hands each thread, context, key or request a cell of its
+own. The identity of a scope's entry is the cell object, never a key that can be
+reused: not ``id()`` of anything, not a thread ident. A cell that is dropped while
+it still holds a session (its thread ended, its context was collected) hands it to
+:meth:`Cell.reap`; a cell inherited through ``os.fork()`` never does, because
+closing would talk on the parent's sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import types
+import typing as t
+
+__all__ = ["EMPTY", "Cell", "NoCell", "Stats", "describe", "origin_text"]
+
+logger = logging.getLogger("scoped_session")
+
+#: Sessions inherited through ``os.fork()`` whose cells died in the child. They are
+#: kept alive on purpose: finalizing them (SQLAlchemy returns a collected connection
+#: to its pool with a rollback) would talk on the parent's sockets.
+_inherited: list[object] = []
+
+#: Makes :meth:`Cell.take` atomic, with or without a GIL.
+_take_lock = threading.Lock()
+
+
+class Stats:
+    """Counters shared by a registry and its cells.
+
+    Kept apart from the registry so that a cell can count its own reaping without
+    holding a reference to the registry (that would make a reference cycle
+    through the thread-local storage).
+    """
+
+    __slots__ = ("created", "pid", "reaped", "removed")
+
+    def __init__(self) -> None:
+        #: The process whose sessions these are: a cell whose stats name another
+        #: process was inherited through os.fork().
+        self.pid = os.getpid()
+        self.created = 0
+        self.removed = 0
+        self.reaped = 0
+
+
+class Cell:
+    """A slot that holds at most one session (``None`` while empty).
+
+    ``depth`` counts the units of work open on the cell (0: a session made outside
+    any unit). An ended unit's cell keeps ``prev``, the cell it shadowed, so that
+    the owner gets it back even when the unit was ended from another thread.
+    """
+
+    __slots__ = ("__weakref__", "depth", "ended", "label", "origin", "prev", "session", "stats")
+
+    session: t.Any
+    #: What the cell is for (a thread's name, a WSGI environ, a job), for the reap
+    #: warning.
+    label: object
+    #: Where its first session was made outside a unit of work: (code, offset of
+    #: the instruction), or None.
+    origin: tuple[types.CodeType, int] | None
+
+    #: A real cell, as opposed to :data:`EMPTY`.
+    is_cell = True
+
+    def __init__(
+        self, stats: Stats, prev: Cell | None = None, depth: int = 0, label: object = None
+    ) -> None:
+        self.session = None
+        self.stats = stats
+        self.prev = prev
+        self.depth = depth
+        self.ended = False
+        self.label = label
+        self.origin = None
+
+    def take(self) -> t.Any:
+        """Empty the cell and return what it held (``None`` when empty).
+
+        Safe to race: of two threads taking at once (an owner's ``remove()`` and a
+        server thread's end of the unit), exactly one gets the session.
+        """
+        with _take_lock:
+            session = self.session
+            self.session = None
+        return session
+
+    def take_to_close(self, *, reaped: bool = False) -> t.Any:
+        """:meth:`take`, counted in the registry's stats as removed (or reaped, for
+        a backstop) when there was a session: its taker is about to close it."""
+        session = self.take()
+        if session is not None:
+            if reaped:
+                self.stats.reaped += 1
+            else:
+                self.stats.removed += 1
+        return session
+
+    def sessions(self) -> list[t.Any]:
+        """Take the sessions of this cell and of the cells it shadows, innermost
+        first, counted as removed (for closing a scope's whole chain)."""
+        found = []
+        cell: Cell | None = self
+        while cell is not None:
+            session = cell.take_to_close()
+            if session is not None:
+                found.append(session)
+            cell = cell.prev
+        return found
+
+    def reap(self, session: t.Any) -> None:
+        """Close a session whose cell was dropped without ``remove()``."""
+        logger.warning(
+            "A session was closed by its cell's finalizer: %s ended without remove()%s."
+            " Call Session.remove() at its end, or use Session.scope() or an integration.",
+            describe(self.label, self.depth),
+            origin_text(self.origin),
+        )
+        session.close()
+
+    def __del__(self) -> None:
+        # Nobody else can reach a dying cell: no lock needed.
+        session = self.session
+        if session is None:
+            return
+        self.session = None
+        try:
+            # The real pid, not a cache: in a fork child the dead threads' storage
+            # is released before any after-fork hook has run.
+            if self.stats.pid != os.getpid():
+                _inherited.append(session)
+                return
+            self.stats.reaped += 1
+            self.reap(session)
+        except Exception:
+            # A finalizer must not raise; the failure is logged, never lost.
+            logger.exception("Closing a session left behind by its scope failed.")
+
+
+def describe(label: object, depth: int = 0) -> str:
+    """Name the scope a cell belonged to, from the label its maker gave it: a
+    callable as its job, anything else as its ``str()`` (an integration's label
+    object formats itself only when a message needs it)."""
+    if label is None:
+        return "a unit of work" if depth else "its thread or context"
+    if callable(label):
+        name = getattr(label, "__qualname__", None) or type(label).__qualname__
+        return f"the job {name}"
+    return str(label)
+
+
+def origin_text(origin: tuple[types.CodeType, int] | None) -> str:
+    """Where a session was made, from the code object and instruction offset."""
+    if origin is None:
+        return ""
+    code, offset = origin
+    line = next(
+        (line for start, end, line in code.co_lines() if start <= offset < end),
+        code.co_firstlineno,
+    )
+    return f" (its first session was made at {code.co_filename}:{line})"
+
+
+class NoCell:
+    """Stands for a cell where the caller has none: it holds nothing, so that the
+    proxy reads ``slot.cell.session`` without a check first."""
+
+    __slots__ = ()
+
+    is_cell = False
+    session = None
+    depth = 0
+    ended = False
+    prev = None
+
+
+#: Where a scope has no cell for the caller.
+EMPTY: t.Any = NoCell()

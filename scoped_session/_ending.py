@@ -1,0 +1,153 @@
+"""How sessions are ended: the one failure policy every integration uses.
+
+Ending a set of sessions (a request's, a job's, a unit's, ``remove_all()``'s):
+
+1. commit each in order, when asked and the work raised nothing; after a failed
+   commit the ones after it are not committed (their close rolls them back);
+2. close every one, whatever failed before;
+3. log every failure to the ``scoped_session`` logger, with ``exc_info``;
+4. raise: nothing when the work's own exception is given (the caller re-raises
+   that one, which is never hidden); else the failure itself when there is one,
+   a :class:`BaseExceptionGroup` of them when several (an :class:`ExceptionGroup`
+   when all are exceptions).
+
+This is not a two-phase commit: sessions committed before a failed one stay
+committed. :func:`end_sessions` performs the steps; :func:`end_sessions_async`
+awaits those that return awaitables, or hands each to a runner (the ASGI
+middleware runs a sync session's on a worker thread).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import typing as t
+
+__all__ = ["Ending", "end_sessions", "end_sessions_async", "raise_failures"]
+
+logger = logging.getLogger("scoped_session")
+
+Runner = t.Callable[[t.Callable[[], object]], t.Awaitable[object]]
+
+
+class Ending:
+    """The steps of ending ``sessions``, with what failed so far.
+
+    Iterating gives ``(step, session)`` pairs, ``step`` being ``"commit"`` or
+    ``"close"``; whoever performs a step reports its failure to :meth:`failed`,
+    which decides the rest. :meth:`finish` applies the policy to the failures.
+
+    :param sessions: the sessions, in order.
+    :param commit: commit them (unless ``error`` is given).
+    :param error: the work's own exception: nothing is committed and no failure
+        is raised, only logged.
+    :param where: what the sessions belonged to, for the log ("GET /notes").
+    :param close: close them (``False``: commit only, stopping at the first
+        failure; the caller ends them later).
+    """
+
+    def __init__(
+        self,
+        sessions: t.Iterable[t.Any],
+        *,
+        commit: bool = False,
+        error: BaseException | None = None,
+        where: str = "a unit of work",
+        close: bool = True,
+    ) -> None:
+        self.sessions = list(sessions)
+        self.committing = commit and error is None
+        self.error = error
+        self.where = where
+        self.close = close
+        self.failures: list[BaseException] = []
+        #: How many sessions were committed.
+        self.committed = 0
+
+    def __iter__(self) -> t.Iterator[tuple[str, t.Any]]:
+        for session in self.sessions:
+            if self.committing:
+                yield "commit", session
+                # Read again: the commit may have failed meanwhile.
+                if self.committing:
+                    self.committed += 1
+            if self.close:
+                yield "close", session
+            elif not self.committing:
+                return
+
+    def failed(self, step: str, exc: BaseException) -> None:
+        """A step raised ``exc``."""
+        if step == "commit":
+            self.committing = False
+            logger.error(
+                "Committing a session failed for %s; the ones after it were not committed.",
+                self.where,
+                exc_info=exc,
+            )
+        else:
+            logger.error("Closing a session failed for %s.", self.where, exc_info=exc)
+        self.failures.append(exc)
+
+    def finish(self) -> None:
+        """Raise what the policy says (see the module documentation)."""
+        if self.error is None:
+            raise_failures(self.failures, self.where)
+
+
+def raise_failures(failures: list[BaseException], where: str) -> None:
+    """Raise the one failure, a group of several, or nothing."""
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        raise BaseExceptionGroup(f"ending {len(failures)} sessions failed for {where}", failures)
+
+
+def end_sessions(
+    sessions: t.Iterable[t.Any],
+    *,
+    commit: bool = False,
+    error: BaseException | None = None,
+    where: str = "a unit of work",
+    close: bool = True,
+) -> Ending:
+    """Commit (when asked), close and report ``sessions`` by the policy; returns
+    the :class:`Ending` (``committed`` says how many were committed)."""
+    ending = Ending(sessions, commit=commit, error=error, where=where, close=close)
+    for step, session in ending:
+        try:
+            getattr(session, step)()
+        except BaseException as exc:
+            ending.failed(step, exc)
+    ending.finish()
+    return ending
+
+
+async def end_sessions_async(
+    sessions: t.Iterable[t.Any],
+    *,
+    commit: bool = False,
+    error: BaseException | None = None,
+    where: str = "a unit of work",
+    close: bool = True,
+    run: Runner | None = None,
+) -> Ending:
+    """:func:`end_sessions` for async sessions: each step's awaitable is awaited.
+
+    :param run: performs a step instead (called with the bound method, it returns
+        an awaitable): the ASGI middleware runs a sync session's on a thread.
+    """
+    ending = Ending(sessions, commit=commit, error=error, where=where, close=close)
+    for step, session in ending:
+        method = getattr(session, step)
+        try:
+            if run is not None:
+                await run(method)
+            else:
+                result = method()
+                if inspect.isawaitable(result):
+                    await result
+        except BaseException as exc:
+            ending.failed(step, exc)
+    ending.finish()
+    return ending

@@ -1,0 +1,392 @@
+"""The registry core that ScopedSession and AsyncScopedSession share.
+
+A :class:`Registry` keeps one session per scope (thread, context, key, task, Flask
+application context) in the scope's cells: it finds the caller's session, makes
+one on first use, takes it out again, counts, and forgets everything in a fork
+child. What differs between sync and async (closing, units of work) lives in the
+subclasses; where sessions live lives in the scopes (``_scopes.py``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import threading
+import types
+import typing as t
+import warnings
+import weakref
+
+from ._arguments import check_flag
+from ._cells import Stats
+from ._exceptions import NoScopeError, ScopedSessionWarning, already_present, compatible
+from ._scopes import ContextScope, KeyedScope, Scope, ThreadScope
+
+__all__ = ["Closeable", "Registry", "RegistryView", "SessionStats", "forget_all"]
+
+
+class Closeable(t.Protocol):
+    def close(self) -> object: ...
+
+
+S = t.TypeVar("S", bound=Closeable)
+
+#: The prefix of the library's module names: frames of these are skipped when a
+#: cell records where its session was made.
+_OWN = __name__.rpartition(".")[0] + "."
+
+#: Every live registry, so that a fork child can make each forget its cells.
+_instances: weakref.WeakSet[Registry[t.Any]] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for registry in list(_instances):
+        registry._reset()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class SessionStats(t.NamedTuple):
+    """Counts of a registry's sessions (see :meth:`Registry.stats`)."""
+
+    #: Sessions held right now, in every scope.
+    live: int
+    #: Sessions made by the factory.
+    created: int
+    #: Sessions closed by ``remove()``, ``remove_all()`` or the end of a unit.
+    removed: int
+    #: Sessions closed by a backstop: a thread or context that ended without
+    #: ``remove()``, a response never closed, a stale unit of work.
+    reaped: int
+
+
+def _closes_async(cls: object) -> bool:
+    return inspect.iscoroutinefunction(getattr(cls, "close", None))
+
+
+class Registry(t.Generic[S]):
+    """Sessions per scope, made by ``session_factory`` on first use.
+
+    :param session_factory: makes a new session, called with no arguments or with
+        those given to ``Session(**kw)``.
+    :param scopefunc: returns a hashable key for the caller's scope; a session is
+        kept per key (SQLAlchemy-compatible). Exclusive with ``scope``.
+    :param scope: a scope by name, or a :class:`~scoped_session._scopes.Scope`
+        object (an integration's own).
+    :param strict: make sessions only inside a unit of work.
+    """
+
+    #: Named in messages.
+    _NAME = "ScopedSession"
+    #: The scope names this registry takes, the first being the default.
+    _SCOPES: tuple[str, ...] = ("thread", "context")
+    #: Whether its sessions' close() is a coroutine function.
+    _ASYNC = False
+
+    session_factory: t.Callable[..., S]
+
+    def __init__(
+        self,
+        session_factory: t.Callable[..., S],
+        scopefunc: t.Callable[[], object] | None = None,
+        *,
+        scope: str | Scope | None = None,
+        strict: bool = False,
+    ) -> None:
+        name = self._NAME
+        if not callable(session_factory):
+            raise TypeError(
+                f"{name}() needs a session factory: a callable that returns a new"
+                f" session, such as {self._factory_hint()}; got an object of type"
+                f" {type(session_factory).__name__}."
+            )
+        if scopefunc is not None and scope is not None:
+            raise TypeError(
+                f"Pass either scopefunc (a custom key) or scope={self._SCOPES[0]!r}, not both."
+            )
+        if scopefunc is not None and not callable(scopefunc):
+            raise TypeError(
+                "scopefunc must be a callable that returns a hashable key for the"
+                f" current scope; got an object of type {type(scopefunc).__name__}."
+                f" For a built-in scope pass scope={self._SCOPES[0]!r}."
+            )
+        if not (scope is None or isinstance(scope, Scope) or scope in self._SCOPES):
+            raise ValueError(
+                f"Unknown scope {scope!r}: {self._scope_help()}, or a scopefunc for a custom key."
+            )
+        check_flag(strict, "strict")
+        self._check_factory(session_factory)
+        self.session_factory = session_factory
+        self._strict = strict
+        self._stats = Stats()
+        if scopefunc is not None:
+            scope = self._keyed_scope(scopefunc)
+        elif scope is None or isinstance(scope, str):
+            scope = self._make_scope(scope or self._SCOPES[0])
+        self._scope: Scope = scope
+        self._slot = scope.slot
+        # Two threads can share a custom key: making its session must not race.
+        self._create_lock = threading.RLock() if scope.shared else None
+        self._checked: set[type[t.Any]] = set()
+        self.registry: RegistryView[S] = RegistryView(self)
+        _instances.add(self)
+
+    # -- what subclasses say about themselves ---------------------------------
+
+    def _factory_hint(self) -> str:
+        return "sqlalchemy.orm.sessionmaker(bind=engine)"
+
+    def _scope_help(self) -> str:
+        return (
+            "pass scope='thread' (a session per thread, the default) or"
+            " scope='context' (per contextvars context: thread, asyncio task, greenlet)"
+        )
+
+    def _make_scope(self, name: str) -> Scope:
+        return ContextScope() if name == "context" else ThreadScope()
+
+    def _keyed_scope(self, scopefunc: t.Callable[[], object]) -> Scope:
+        return KeyedScope(scopefunc)
+
+    def _check_factory(self, factory: object) -> None:
+        """Refuse a factory whose sessions this registry cannot close (an async
+        registry given sync sessions, or the reverse), where it says its class."""
+        cls = getattr(factory, "class_", None)
+        if isinstance(cls, type) and _closes_async(cls) != self._ASYNC:
+            raise TypeError(self._wrong_kind())
+
+    def _wrong_kind(self) -> str:
+        return (
+            "ScopedSession got a factory of async sessions (their close() is a"
+            " coroutine function), which it cannot await. Use"
+            " scoped_session.asyncio.AsyncScopedSession(async_sessionmaker(engine))."
+        )
+
+    @classmethod
+    def _session_class(cls) -> type[t.Any]:
+        """SQLAlchemy's session class, for the class-level helpers (``object_session``,
+        ``identity_key``): imported only when one is called."""
+        from sqlalchemy.orm import Session
+
+        return Session
+
+    # -- the caller's session ---------------------------------------------------
+
+    def _current(self) -> S:
+        """The caller's session, made on first use (the proxy's hot path)."""
+        try:
+            session: S | None = self._slot.cell.session
+        except AttributeError:  # a thread's first use
+            session = None
+        if session is None:
+            return self._create({})
+        return session
+
+    def __call__(self, **kw: t.Any) -> S:
+        """Return the caller's session, made by the factory on first use.
+
+        With keyword arguments the session is made with them; when the caller
+        already has a session that raises :class:`SessionAlreadyPresent`.
+        """
+        if kw:
+            return self._create(kw)
+        return self._current()
+
+    def _create(self, kw: dict[str, t.Any]) -> S:
+        lock = self._create_lock
+        if lock is None:
+            return self._make(kw)
+        with lock:
+            return self._make(kw)
+
+    def _make(self, kw: dict[str, t.Any]) -> S:
+        scope = self._scope
+        cell = scope.resolve()
+        if cell is not None and cell.session is not None:
+            if kw:
+                raise already_present()
+            scope.claim(cell, cell.session)
+            return t.cast("S", cell.session)
+        implicit = cell is None or not cell.depth
+        if implicit and self._strict:
+            raise NoScopeError(
+                f"This {self._NAME} is strict: a session is made only inside a unit of"
+                " work, and the caller has none. Wrap the work in"
+                " 'with Session.scope():' (or @Session.scope()), or run it under an"
+                " integration that opens one."
+            )
+        scope.check()
+        # Made before the registry is touched: a factory that raises leaves nothing.
+        session = self.session_factory(**kw)
+        if session is None:
+            raise TypeError(
+                "The session factory returned None; it must return a new session"
+                f" object (as {self._factory_hint()} does)."
+            )
+        kind = type(session)
+        if kind not in self._checked:
+            if _closes_async(kind) != self._ASYNC:
+                _drop(session)
+                raise TypeError(self._wrong_kind())
+            self._checked.add(kind)
+        if cell is None:
+            cell = scope.new_cell(self._stats, None, 0, scope.label())
+            scope.install(cell)
+        else:
+            scope.claim(cell, None)
+        if implicit and cell.origin is None:
+            cell.origin = _caller_origin()
+        cell.session = session
+        self._stats.created += 1
+        return session
+
+    def _take(self) -> S | None:
+        """Take the caller's session out of its cell without closing it; a cell
+        outside any unit of work is released."""
+        scope = self._scope
+        cell = scope.resolve()
+        if cell is None:
+            return None
+        session: S | None = cell.take()
+        if session is not None:
+            scope.claim(cell, session)
+        if not cell.depth:
+            scope.release(cell)
+        return session
+
+    def _take_all(self) -> list[S]:
+        """Take every session of every scope, counted as removed."""
+        taken = (cell.take_to_close() for cell in self._scope.cells())
+        return [session for session in taken if session is not None]
+
+    def _reset(self) -> None:
+        # Runs in a fork child: drop everything without closing. Cells that die
+        # later see a foreign pid and keep their sessions away from close().
+        self._scope.reset()
+        self._slot = self._scope.slot
+        self._stats = Stats()
+
+    # -- bookkeeping --------------------------------------------------------------
+
+    @property
+    def scope_kind(self) -> str:
+        """Where this registry's sessions live: ``"thread"``, ``"context"``,
+        ``"scopefunc"``, or an integration's own (``"flask"``)."""
+        return self._scope.kind
+
+    def stats(self) -> SessionStats:
+        """Counts of this registry's sessions: live now, and made, removed and
+        reaped (closed by a backstop) so far in this process."""
+        stats = self._stats
+        live = sum(1 for cell in self._scope.cells() if cell.session is not None)
+        return SessionStats(live, stats.created, stats.removed, stats.reaped)
+
+    def configure(self, **kwargs: t.Any) -> None:
+        """Reconfigure the session factory (``session_factory.configure(**kwargs)``).
+
+        Warns (:class:`ScopedSessionWarning`, also SQLAlchemy's ``SAWarning``) when
+        sessions already exist in any scope: they keep their old configuration.
+        """
+        configure = getattr(self.session_factory, "configure", None)
+        if configure is None:
+            raise TypeError(
+                "configure() needs a session factory with a configure() method, such"
+                f" as {self._factory_hint()}; this one has none. Make a new"
+                f" {self._NAME} with a reconfigured factory instead."
+            )
+        if any(cell.session is not None for cell in self._scope.cells()):
+            warnings.warn(
+                "At least one scoped session is already present. configure() can not"
+                " affect sessions that have already been created.",
+                compatible(ScopedSessionWarning, "SAWarning"),
+                stacklevel=2,
+            )
+        configure(**kwargs)
+
+    @property
+    def dispatch(self) -> t.Any:
+        """SQLAlchemy's event dispatcher of the factory's session class: what
+        ``event.listen(Session, "before_commit", fn)`` registers on, so that every
+        session the registry makes gets the listener (as with SQLAlchemy's
+        ``scoped_session``)."""
+        cls = getattr(self.session_factory, "class_", None)
+        dispatch = getattr(cls, "dispatch", None)
+        if dispatch is None:
+            raise AttributeError(
+                "Session events need a session factory that says its session class,"
+                " such as sqlalchemy.orm.sessionmaker; listen on that class instead."
+            )
+        return dispatch
+
+    def __repr__(self) -> str:
+        # The factory's repr is left out: it can hold a database URL.
+        return f"<{type(self).__name__} scope={self._scope.kind}>"
+
+    if not t.TYPE_CHECKING:
+        # Type checkers see only the names SQLAlchemy's proxy has (a typo is an
+        # error); at run time any other public name reaches the caller's session.
+        def __getattr__(self, name: str) -> t.Any:
+            # ``dispatch`` is the registry's own (see above): never one session's.
+            if name.startswith("_") or name == "dispatch":
+                raise AttributeError(name)
+            return getattr(self._current(), name)
+
+
+def _caller_origin() -> tuple[types.CodeType, int] | None:
+    """Where the caller outside this library made a session: the first frame up
+    that is not the library's own (a proxy member, the registry, an integration)."""
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(_OWN):
+        frame = frame.f_back
+    return None if frame is None else (frame.f_code, frame.f_lasti)
+
+
+def _drop(session: object) -> None:
+    """Let go of a session of the wrong kind without leaving a coroutine unawaited."""
+    try:
+        result = session.close()  # type: ignore[attr-defined]
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    except Exception:  # pragma: no cover - best effort on a session being refused
+        pass
+
+
+class RegistryView(t.Generic[S]):
+    """``Session.registry``: the caller's slot, SQLAlchemy-compatible."""
+
+    def __init__(self, registry: Registry[S]) -> None:
+        self._registry = registry
+
+    def __call__(self) -> S:
+        """The caller's session, made on first use."""
+        return self._registry._current()
+
+    def has(self) -> bool:
+        """Whether the caller has a session."""
+        cell = self._registry._scope.resolve()
+        return cell is not None and cell.session is not None
+
+    def set(self, obj: S) -> None:
+        """Make ``obj`` the caller's session; one already there is forgotten, not
+        closed."""
+        registry = self._registry
+        scope = registry._scope
+        cell = scope.resolve()
+        if cell is None:
+            cell = scope.new_cell(registry._stats, None, 0, scope.label())
+            scope.install(cell)
+        cell.session = obj
+
+    def clear(self) -> None:
+        """Forget the caller's session without closing it."""
+        self._registry._take()
+
+
+def forget_all(registry: Registry[t.Any]) -> None:
+    """Drop every session of ``registry`` without closing it: for a process that
+    inherited them (a pool process forked by a worker), where closing would talk
+    on the parent's connections. ``os.fork()`` children do this by themselves."""
+    registry._reset()

@@ -1,0 +1,325 @@
+"""The WSGI middleware's response iterables and its commit gate.
+
+:class:`Response` wraps a streamed body and ends the request's units when the
+server closes it (from any thread), or at once when the body raises.
+:class:`CommittingResponse` and :class:`Gate` hold the app's status until its
+sessions are committed (``commit=True``). ``scoped_session.wsgi`` is the public
+module; this one is its implementation.
+"""
+
+from __future__ import annotations
+
+import logging
+import typing as t
+import warnings
+
+from ._ending import end_sessions
+from ._units import UnitOfWork, end_units
+
+if t.TYPE_CHECKING:
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+__all__ = [
+    "CommittingResponse",
+    "Gate",
+    "Request",
+    "Response",
+    "Veto",
+    "close_quietly",
+    "commit_all",
+    "end_or_raise",
+    "roll_back",
+    "where",
+]
+
+logger = logging.getLogger("scoped_session")
+
+Veto = t.Callable[["WSGIEnvironment", str, list[tuple[str, str]]], object]
+Units = tuple[UnitOfWork[t.Any], ...]
+
+
+class Request:
+    """Names a request in messages: "the request GET /notes"."""
+
+    __slots__ = ("environ",)
+
+    def __init__(self, environ: WSGIEnvironment) -> None:
+        self.environ = environ
+
+    def __str__(self) -> str:
+        environ = self.environ
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        return f"the request {environ.get('REQUEST_METHOD', '?')} {path}"
+
+
+def where(environ: WSGIEnvironment | None) -> str:
+    if environ is None:
+        return "a request"
+    return f"{environ.get('REQUEST_METHOD', '?')} {environ.get('PATH_INFO', '')}"
+
+
+def end_or_raise(
+    units: Units, commit: bool, environ: WSGIEnvironment, reaped: bool = False
+) -> None:
+    """End every unit by the policy; raise the failure (or a group of them)."""
+    end_units(units, commit=commit, where=where(environ), reaped=reaped)
+
+
+def roll_back(units: Units, environ: WSGIEnvironment, error: BaseException) -> None:
+    """Roll back and end every unit after the request failed with ``error``; their
+    failures are logged, never raised, so that the request's own error propagates."""
+    end_units(units, commit=False, error=error, where=where(environ))
+
+
+def close_quietly(body: object) -> None:
+    close = getattr(body, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            logger.error("Closing the response iterable failed.", exc_info=True)
+
+
+class Response:
+    """The response iterable of a streamed body: ends the request's units when
+    the server closes it, or at once when the body raises."""
+
+    __slots__ = ("_body", "_environ", "_next", "_units", "live")
+
+    def __init__(
+        self,
+        body: t.Iterable[bytes],
+        next_chunk: t.Callable[[], bytes],
+        units: Units,
+        environ: WSGIEnvironment,
+    ) -> None:
+        self._body = body
+        self._next = next_chunk
+        self._units = units
+        self._environ = environ
+        # Popped exactly once, by whichever of close(), a failure or the
+        # finalizer gets there first (list.pop is atomic).
+        self.live = [True]
+
+    def __iter__(self) -> Response:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            chunk = self._next()
+        except StopIteration:
+            raise
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        return chunk
+
+    def _fail(self, error: BaseException) -> None:
+        """The body raised: close it and roll back now, not at ``close()``."""
+        try:
+            self.live.pop()
+        except IndexError:
+            return
+        close_quietly(self._body)
+        roll_back(self._units, self._environ, error)
+
+    def close(self) -> None:
+        """Close the app's iterable, then end the request's units.
+
+        The server calls this, from any thread; calling it again does nothing.
+        """
+        try:
+            self.live.pop()
+        except IndexError:
+            return
+        self._close(self._commit_at_close())
+
+    def _commit_at_close(self) -> bool:
+        return False
+
+    def _close(self, commit: bool, reaped: bool = False) -> None:
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            try:
+                close()
+            except BaseException as exc:
+                roll_back(self._units, self._environ, exc)
+                raise
+        end_or_raise(self._units, commit, self._environ, reaped)
+
+    def __del__(self) -> None:
+        if not self.live:
+            return
+        try:
+            self.live.pop()
+        except IndexError:
+            return
+        try:
+            if any(unit.active for unit in self._units):
+                warnings.warn(
+                    f"The response to {where(self._environ)} was garbage collected"
+                    " without close(); its database sessions were closed now (rolled"
+                    " back). A WSGI server must call close() on the response iterable"
+                    " (PEP 3333).",
+                    ResourceWarning,
+                    source=self,
+                    stacklevel=1,
+                )
+        finally:
+            try:
+                self._close(False, reaped=True)
+            except Exception:
+                logger.error("Ending a collected response's unit of work failed.", exc_info=True)
+
+
+class CommittingResponse(Response):
+    """A streamed body under ``commit=True``: its first chunk commits (or rolls
+    back) before the status goes out; ``close()`` commits what the stream wrote
+    when it ran to its end."""
+
+    __slots__ = ("_finished", "_gate")
+
+    def __init__(
+        self,
+        body: t.Iterable[bytes],
+        next_chunk: t.Callable[[], bytes],
+        units: Units,
+        environ: WSGIEnvironment,
+        gate: Gate,
+    ) -> None:
+        self._gate = gate
+        self._finished = False
+        super().__init__(body, next_chunk, units, environ)
+
+    def __next__(self) -> bytes:
+        try:
+            chunk = self._next()
+        except StopIteration:
+            self._finished = True
+            if not self._gate.sent:
+                self._flush()
+            raise
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        if not self._gate.sent:
+            self._flush()
+        return chunk
+
+    def _flush(self) -> None:
+        try:
+            self._gate.flush()
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+
+    def _commit_at_close(self) -> bool:
+        # A body the server stopped reading (the client left) did not finish
+        # its work: what it wrote is rolled back.
+        return self._finished and self._gate.decision is True
+
+
+class Gate:
+    """Holds the app's status until the sessions are committed (``commit=True``)."""
+
+    __slots__ = (
+        "_environ",
+        "_start_response",
+        "_units",
+        "_veto",
+        "_write",
+        "decision",
+        "exc_info",
+        "headers",
+        "sent",
+        "status",
+    )
+
+    def __init__(
+        self,
+        veto: Veto | None,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        units: Units,
+    ) -> None:
+        self._veto = veto
+        self._environ = environ
+        self._start_response = start_response
+        self._units = units
+        self._write: t.Callable[[bytes], object] | None = None
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.exc_info: OptExcInfo | None = None
+        self.sent = False
+        #: Whether the view's writes are committed: None until decided.
+        self.decision: bool | None = None
+
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: OptExcInfo | None = None,
+        /,
+    ) -> t.Callable[[bytes], object]:
+        """The ``start_response`` the app sees: records, sends nothing yet."""
+        if exc_info is not None and exc_info[0] is None:
+            exc_info = None
+        if exc_info is not None:
+            if self.sent:
+                # Too late to change the status: the server re-raises the
+                # app's error, as PEP 3333 asks.
+                self._start_response(status, headers, exc_info)
+        elif self.status is not None:
+            raise AssertionError("start_response() was called a second time without exc_info.")
+        self.status, self.headers, self.exc_info = status, headers, exc_info
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The legacy ``write()`` callable: the status goes out first."""
+        if not self.sent:
+            self.flush()
+        if self._write is None:
+            raise AssertionError("write() was called before start_response().")
+        self._write(data)
+
+    def decide(self) -> bool:
+        """Whether to commit: a status below 400, no ``exc_info``, and the veto."""
+        if self.decision is not None:
+            return self.decision
+        status = self.status
+        ok = status is not None and self.exc_info is None and status_code(status) < 400
+        if ok and self._veto is not None:
+            assert status is not None
+            ok = bool(self._veto(self._environ, status, self.headers))
+        self.decision = ok
+        return ok
+
+    def flush(self) -> None:
+        """Commit (or not), then let the held status through to the server."""
+        if self.decide():
+            commit_all(self._units, self._environ)
+        self.send()
+
+    def send(self) -> None:
+        if self.sent or self.status is None:
+            return
+        self.sent = True
+        if self.exc_info is not None:
+            self._write = self._start_response(self.status, self.headers, self.exc_info)
+        else:
+            self._write = self._start_response(self.status, self.headers)
+
+
+def status_code(status: str) -> int:
+    try:
+        return int(status[:3])
+    except ValueError:
+        return 500
+
+
+def commit_all(units: Units, environ: WSGIEnvironment) -> None:
+    """Commit each unit's session in order, by the policy; the units stay open for
+    the caller to end (a failed commit rolls the rest back there)."""
+    sessions = [unit.session for unit in units if unit.session is not None]
+    end_sessions(sessions, commit=True, close=False, where=where(environ))
