@@ -130,8 +130,16 @@ class Registry(t.Generic[S]):
         # Two threads can share a custom key: making its session must not race.
         self._create_lock = threading.RLock() if scope.shared else None
         self._checked: set[type[t.Any]] = set()
-        self.registry: RegistryView[S] = RegistryView(self)
         _instances.add(self)
+
+    @property
+    def registry(self) -> RegistryView[S]:
+        """The caller's slot, as on SQLAlchemy's ``scoped_session``: ``has()``,
+        ``set(obj)``, ``clear()`` (forget without closing) and ``()`` (get or make).
+
+        A view made per read: the registry keeps no reference to it, so that a
+        dropped registry is freed at once, not at the next cyclic collection."""
+        return RegistryView(self)
 
     # -- what subclasses say about themselves ---------------------------------
 

@@ -208,22 +208,17 @@ def _current_task() -> t.Any:
         return None
 
 
-class KeyedScope(Scope):
-    """One cell per key returned by a user's ``scopefunc`` (SQLAlchemy-compatible)."""
+class _KeyedSlot(NoCell):
+    """The keyed scope's slot: ``cell`` is the cell of the scopefunc's current key.
+    Apart from its scope, so that the scope is in no reference cycle."""
 
-    kind = "scopefunc"
-    shared = True
+    __slots__ = ("cells", "scopefunc")
 
     def __init__(self, scopefunc: t.Callable[[], object]) -> None:
         self.scopefunc = scopefunc
-        super().__init__()
-        self.slot = self
+        self.cells: dict[object, Cell] = {}
 
-    def reset(self) -> None:
-        super().reset()
-        self._cells: dict[object, Cell] = {}
-
-    def _key(self) -> object:
+    def key(self) -> object:
         key = self.scopefunc()
         try:
             hash(key)
@@ -237,24 +232,43 @@ class KeyedScope(Scope):
 
     @property
     def cell(self) -> Cell | NoCell:
-        cell: Cell | NoCell = self._cells.get(self._key(), EMPTY)
+        cell: Cell | NoCell = self.cells.get(self.key(), EMPTY)
         return cell
 
+
+class KeyedScope(Scope):
+    """One cell per key returned by a user's ``scopefunc`` (SQLAlchemy-compatible)."""
+
+    kind = "scopefunc"
+    shared = True
+    slot: _KeyedSlot
+
+    def __init__(self, scopefunc: t.Callable[[], object]) -> None:
+        self.scopefunc = scopefunc
+        super().__init__()
+
+    def reset(self) -> None:
+        super().reset()
+        self.slot = _KeyedSlot(self.scopefunc)
+
     def get(self) -> Cell | None:
-        return self._cells.get(self._key())
+        slot = self.slot
+        return slot.cells.get(slot.key())
 
     def install(self, cell: Cell | None) -> None:
-        key = self._key()
+        slot = self.slot
+        key = slot.key()
         if cell is None:
-            self._cells.pop(key, None)
+            slot.cells.pop(key, None)
         else:
-            self._cells[key] = cell
+            slot.cells[key] = cell
 
     def release(self, cell: Cell) -> None:
         # Keys can be unbounded (one per request): never keep an entry for one.
-        key = self._key()
-        if self._cells.get(key) is cell:
-            del self._cells[key]
+        slot = self.slot
+        key = slot.key()
+        if slot.cells.get(key) is cell:
+            del slot.cells[key]
 
     def label(self) -> str:
         return f"a scopefunc scope (thread {threading.current_thread().name!r})"
@@ -263,7 +277,7 @@ class KeyedScope(Scope):
         # A key's entry is its current cell only: a session made outside a unit of
         # work and shadowed by a unit lives on in that cell's ``prev``.
         found: list[Cell] = []
-        for current in list(self._cells.values()):
+        for current in list(self.slot.cells.values()):
             cell: Cell | None = current
             while cell is not None:
                 found.append(cell)

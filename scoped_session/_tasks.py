@@ -24,7 +24,7 @@ import typing as t
 import warnings
 import weakref
 
-from ._cells import Cell, Stats
+from ._cells import EMPTY, Cell, Stats
 from ._exceptions import ConcurrentUseError
 from ._scopes import KeyedScope, Scope
 
@@ -195,16 +195,8 @@ class TaskScope(Scope):
     def reset(self) -> None:
         super().reset()
         self.var = contextvars.ContextVar("scoped_session_task_cell", default=None)
-        self.slot = self
-
-    @property
-    def cell(self) -> Cell | None:
-        # The proxy's fast path (AsyncScopedSession._current reads the variable
-        # itself); only the caller's own live cell needs no checks.
-        cell = self.var.get()
-        if cell is not None and cell.gate is owner():
-            return cell
-        return None
+        # Unused: AsyncScopedSession reads the variable itself (see its _current).
+        self.slot = EMPTY
 
     def get(self) -> Cell | None:
         return self.var.get()
