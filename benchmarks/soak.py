@@ -1,11 +1,11 @@
-"""Soak: the mixed load of tests/test_load.py, for as long as you like.
+"""Soak: the mixed load of load/test_load.py, for as long as you like.
 
-gunicorn (gthread) and werkzeug's threaded server serve tests/load_app.py over
+gunicorn (gthread) and werkzeug's threaded server serve load/load_app.py over
 127.0.0.1 on one PostgreSQL schema, under many concurrent clients: reads, writes,
 streams, clients that leave mid-stream, views that raise, commits that fail on a
 constraint, injected ``commit()``/``close()`` failures, killed backends, slow
 queries and background jobs. Every round ends with the servers quiet and a full
-check (see tests/load_run.py): nothing checked out, no backend idle in a
+check (see load/load_run.py): nothing checked out, no backend idle in a
 transaction, exactly the committed rows, no session used by two owners. The
 figures are printed after each round; resident memory is compared with the end
 of the first round (the warm-up).
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "load"))
 
 import load_run
 

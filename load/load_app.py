@@ -317,7 +317,7 @@ class Work:
         return next(self.app.keys)
 
     def read(self) -> bytes:
-        count = self.Session.scalar(sa.select(sa.func.count()).select_from(Row))
+        count = self.Session.scalars(sa.select(sa.func.count()).select_from(Row)).one()
         return b"%d" % count
 
     def write(self, kind: str) -> int:

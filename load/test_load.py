@@ -19,6 +19,8 @@ import pytest
 
 pytestmark = [pytest.mark.load, pytest.mark.server]
 
+POSTGRES_ENV = "SCOPED_SESSION_TEST_POSTGRES_URL"
+
 #: Resident memory gunicorn's worker may gain between the end of the warm-up
 #: and the end of the run, both measured when it is quiet.
 RSS_GROWTH_LIMIT_KB = 4 * 1024
@@ -36,6 +38,14 @@ BLOCKS_GROWTH_FLOOR = 8_000
 def setting(name: str, default: float) -> float:
     value = os.environ.get(f"SCOPED_SESSION_LOAD_{name}")
     return float(value) if value else default
+
+
+@pytest.fixture
+def pg_url() -> str:
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.fail(f"The load run needs PostgreSQL: set {POSTGRES_ENV}.", pytrace=False)
+    return url
 
 
 def test_mixed_load(pg_url: str, tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
-TESTS = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent
 WAIT = 60.0  # seconds: the bound on every wait
 
 #: Weights of the endpoints in the mix.
@@ -175,7 +175,7 @@ class Gunicorn:
             "--keep-alive=300",  # clients keep their connections between requests
             "--bind=127.0.0.1:0",
             "--graceful-timeout=20",
-            f"--pythonpath={TESTS}",
+            f"--pythonpath={HERE}",
             "load_app:make_app_from_env()",
         ]
         # Its own working directory: the package comes from the installation.
