@@ -33,6 +33,7 @@ if t.TYPE_CHECKING:
 __all__ = ["QueryProperty", "ScopedSession", "SessionStats", "UnitOfWork", "scoped_session"]
 
 S = t.TypeVar("S", bound=Closeable)
+_T = t.TypeVar("_T", bound=t.Any)
 
 
 class ScopedSession(Registry[S], SessionProxy):
@@ -99,7 +100,7 @@ class ScopedSession(Registry[S], SessionProxy):
         return UnitOfWork(self, commit)
 
     def query_property(
-        self, query_cls: type[Query[t.Any]] | None = None
+        self, query_cls: type[Query[_T]] | None = None
     ) -> QueryPropertyDescriptor:
         """A class attribute that returns a query for the class against the
         caller's session (like SQLAlchemy's ``scoped_session.query_property``)."""
