@@ -1,11 +1,14 @@
-"""Checks of what users pass, shared by the registries and the integrations: each
-raises at the call that made the mistake, saying what to pass instead."""
+"""Checks of what users pass (and need), shared by the registries and the
+integrations: each raises at the call that made the mistake, saying what to pass
+or install instead."""
 
 from __future__ import annotations
 
+import importlib
+import types
 import typing as t
 
-__all__ = ["check_flag", "registries"]
+__all__ = ["check_flag", "registries", "sqlalchemy_module"]
 
 
 def check_flag(value: object, name: str) -> bool:
@@ -46,3 +49,18 @@ def registries(value: object, what: str, cls: type[t.Any] | None = None) -> tupl
     if len(set(map(id, found))) != len(found):
         raise ValueError(f"The same {kind.__name__} was passed to {what} twice; pass each once.")
     return found
+
+
+def sqlalchemy_module(name: str, what: str) -> types.ModuleType:
+    """Import ``name`` from SQLAlchemy for ``what`` (a feature only SQLAlchemy's
+    sessions have), or say what to install."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] != "sqlalchemy":
+            raise
+        raise ModuleNotFoundError(
+            f"SQLAlchemy is not installed, and {what} uses it. Install it with"
+            " 'pip install scoped-session[sqlalchemy]'.",
+            name="sqlalchemy",
+        ) from exc

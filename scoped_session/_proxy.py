@@ -99,9 +99,7 @@ class ScopedSession(Registry[S], SessionProxy):
             )
         return UnitOfWork(self, commit)
 
-    def query_property(
-        self, query_cls: type[Query[_T]] | None = None
-    ) -> QueryPropertyDescriptor:
+    def query_property(self, query_cls: type[Query[_T]] | None = None) -> QueryPropertyDescriptor:
         """A class attribute that returns a query for the class against the
         caller's session (like SQLAlchemy's ``scoped_session.query_property``)."""
         return t.cast("QueryPropertyDescriptor", QueryProperty(self, query_cls))

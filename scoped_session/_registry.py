@@ -18,7 +18,8 @@ import typing as t
 import warnings
 import weakref
 
-from ._arguments import check_flag
+from . import _events
+from ._arguments import check_flag, sqlalchemy_module
 from ._cells import Stats
 from ._exceptions import NoScopeError, ScopedSessionWarning, already_present, compatible
 from ._scopes import ContextScope, KeyedScope, Scope, ThreadScope
@@ -131,6 +132,14 @@ class Registry(t.Generic[S]):
         self._create_lock = threading.RLock() if scope.shared else None
         self._checked: set[type[t.Any]] = set()
         _instances.add(self)
+        if "sqlalchemy.orm" in sys.modules:
+            # event.listen(Session, ...) reaches the factory's session class.
+            _events.enable()
+
+    @property
+    def is_async(self) -> bool:
+        """Whether this registry's sessions are async (their close() is awaited)."""
+        return self._ASYNC
 
     @property
     def registry(self) -> RegistryView[S]:
@@ -176,9 +185,10 @@ class Registry(t.Generic[S]):
     def _session_class(cls) -> type[t.Any]:
         """SQLAlchemy's session class, for the class-level helpers (``object_session``,
         ``identity_key``): imported only when one is called."""
-        from sqlalchemy.orm import Session
-
-        return Session
+        orm = sqlalchemy_module(
+            "sqlalchemy.orm", f"{cls.__name__}.object_session() or identity_key()"
+        )
+        return t.cast("type[t.Any]", orm.Session)
 
     # -- the caller's session ---------------------------------------------------
 
@@ -313,21 +323,6 @@ class Registry(t.Generic[S]):
             )
         configure(**kwargs)
 
-    @property
-    def dispatch(self) -> t.Any:
-        """SQLAlchemy's event dispatcher of the factory's session class: what
-        ``event.listen(Session, "before_commit", fn)`` registers on, so that every
-        session the registry makes gets the listener (as with SQLAlchemy's
-        ``scoped_session``)."""
-        cls = getattr(self.session_factory, "class_", None)
-        dispatch = getattr(cls, "dispatch", None)
-        if dispatch is None:
-            raise AttributeError(
-                "Session events need a session factory that says its session class,"
-                " such as sqlalchemy.orm.sessionmaker; listen on that class instead."
-            )
-        return dispatch
-
     def __repr__(self) -> str:
         # The factory's repr is left out: it can hold a database URL.
         return f"<{type(self).__name__} scope={self._scope.kind}>"
@@ -336,7 +331,8 @@ class Registry(t.Generic[S]):
         # Type checkers see only the names SQLAlchemy's proxy has (a typo is an
         # error); at run time any other public name reaches the caller's session.
         def __getattr__(self, name: str) -> t.Any:
-            # ``dispatch`` is the registry's own (see above): never one session's.
+            # SQLAlchemy's events look for ``dispatch``: the registry has none (see
+            # _events.py), and one session's would listen on that session alone.
             if name.startswith("_") or name == "dispatch":
                 raise AttributeError(name)
             return getattr(self._current(), name)

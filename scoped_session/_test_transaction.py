@@ -72,6 +72,9 @@ class JoinedFactory:
 
     def __init__(self, factory: sessionmaker[t.Any], overrides: dict[str, t.Any]) -> None:
         self.factory = factory
+        #: The sessionmaker's session class: session events listened to on the
+        #: registry during the test reach it, as outside tests.
+        self.class_ = factory.class_
         self.overrides = overrides
         self.configured: dict[str, t.Any] = {}
 

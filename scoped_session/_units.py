@@ -13,7 +13,7 @@ import functools
 import inspect
 import typing as t
 
-from ._arguments import check_flag
+from ._arguments import check_flag, sqlalchemy_module
 from ._cells import Cell, describe
 from ._ending import Ending, end_sessions
 from ._exceptions import ScopedSessionError
@@ -223,9 +223,8 @@ class QueryProperty:
         self._query_cls = query_cls
 
     def __get__(self, instance: object, owner: type[t.Any]) -> t.Any:
-        from sqlalchemy import inspect as sa_inspect  # only users of this need SQLAlchemy
-
-        mapper = sa_inspect(owner, raiseerr=False)
+        sqlalchemy = sqlalchemy_module("sqlalchemy", "query_property()")
+        mapper = sqlalchemy.inspect(owner, raiseerr=False)
         if mapper is None:
             raise ScopedSessionError(
                 f"query_property() is on {owner.__name__}, which is not mapped by"

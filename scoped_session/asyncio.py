@@ -46,7 +46,7 @@ import functools
 import inspect
 import typing as t
 
-from ._arguments import check_flag
+from ._arguments import check_flag, sqlalchemy_module
 from ._async_session_api import AsyncSessionProxy
 from ._ending import end_sessions_async
 from ._exceptions import ConcurrentUseError
@@ -144,9 +144,10 @@ class AsyncScopedSession(Registry[AS], AsyncSessionProxy):
 
     @classmethod
     def _session_class(cls) -> type[t.Any]:
-        from sqlalchemy.ext.asyncio import AsyncSession
-
-        return AsyncSession
+        module = sqlalchemy_module(
+            "sqlalchemy.ext.asyncio", f"{cls.__name__}.object_session() or identity_key()"
+        )
+        return t.cast("type[t.Any]", module.AsyncSession)
 
     def _reset(self) -> None:
         super()._reset()
