@@ -127,9 +127,18 @@ class Cell:
     def __del__(self) -> None:
         # Nobody else can reach a dying cell: no lock needed.
         session = self.session
-        if session is None:
-            return
-        self.session = None
+        if session is not None:
+            self.session = None
+            self._reap_taken(session)
+
+    def reap_now(self) -> None:
+        """Close the cell's session, if any, as its finalizer would (its registry
+        is gone while the cell lives on, in a context that has not ended)."""
+        session = self.take()
+        if session is not None:
+            self._reap_taken(session)
+
+    def _reap_taken(self, session: t.Any) -> None:
         try:
             # The real pid, not a cache: in a fork child the dead threads' storage
             # is released before any after-fork hook has run.

@@ -10,8 +10,10 @@ application context) implements it.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import sys
 import threading
+import types
 import typing as t
 import weakref
 
@@ -156,18 +158,41 @@ class ThreadScope(Scope):
         return f"the thread {threading.current_thread().name!r}"
 
 
+#: One context variable for every context-scoped registry: in each context, the
+#: cells of the registries used there, by scope number. A variable per registry
+#: would stay in every context that ever used it (a context keeps its variables)
+#: long after the registry is gone.
+_CELLS: contextvars.ContextVar[t.Mapping[int, Cell]] = contextvars.ContextVar(
+    "scoped_session_cells"
+)
+_NO_CELLS: t.Mapping[int, Cell] = types.MappingProxyType({})
+#: Scope numbers are never reused, unlike id().
+_numbers = itertools.count()
+#: The numbers of the live context scopes: a context drops the others' cells the
+#: next time it changes its own.
+_live: set[int] = set()
+
+
+def _drop_scope(number: int, tracked: CellTracker) -> None:
+    """A context scope was collected: close what its cells still hold, wherever
+    they are (contexts that have not ended keep them until they next change)."""
+    _live.discard(number)
+    for cell in tracked.snapshot():
+        cell.reap_now()
+
+
 class _ContextSlot(NoCell):
-    """The context scope's slot: ``cell`` reads the context variable (its default,
-    when unset, is the slot itself, which holds nothing)."""
+    """The context scope's slot: ``cell`` is the scope's cell in the current
+    context, or the slot itself, which holds nothing."""
 
-    __slots__ = ("_var",)
+    __slots__ = ("number",)
 
-    def __init__(self, var: contextvars.ContextVar[Cell]) -> None:
-        self._var = var
+    def __init__(self, number: int) -> None:
+        self.number = number
 
     @property
     def cell(self) -> Cell | NoCell:
-        return self._var.get(self)
+        return _CELLS.get(_NO_CELLS).get(self.number, self)
 
 
 class ContextScope(Scope):
@@ -177,17 +202,27 @@ class ContextScope(Scope):
 
     def reset(self) -> None:
         super().reset()
-        self.var: contextvars.ContextVar[Cell] = contextvars.ContextVar("scoped_session_cell")
-        self.slot = _ContextSlot(self.var)
+        self.number = number = next(_numbers)
+        _live.add(number)
+        weakref.finalize(self, _drop_scope, number, self.tracked)
+        self.slot = _ContextSlot(number)
 
     def get(self) -> Cell | None:
-        cell = self.var.get(EMPTY)
-        return None if cell is EMPTY else cell
+        return _CELLS.get(_NO_CELLS).get(self.number)
 
     def install(self, cell: Cell | None) -> None:
+        # A new mapping each time: the one in place may be shared with the
+        # contexts copied from this one (tasks, threads), which keep theirs.
+        number = self.number
+        cells = {n: c for n, c in _CELLS.get(_NO_CELLS).items() if n != number and n in _live}
         if cell is not None:
             self.track(cell)
-        self.var.set(EMPTY if cell is None else cell)
+            cells[number] = cell
+        _CELLS.set(cells)
+
+    def release(self, cell: Cell) -> None:
+        if self.get() is cell:
+            self.install(None)
 
     def label(self) -> str:
         thread = threading.current_thread().name
