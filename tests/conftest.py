@@ -1,3 +1,9 @@
+"""Fixtures for every test module.
+
+The real-database fixtures need SQLAlchemy; without it they skip the test that asks
+for them (with the reason), so that the tests of pure logic still run.
+"""
+
 from __future__ import annotations
 
 import gc
@@ -5,16 +11,28 @@ import typing as t
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
-from helpers import (
-    AsyncDB,
-    Base,
-    Database,
-    drop_schema,
-    make_postgres_engine,
-    make_sqlite_engine,
-    postgres_url,
-)
+from fakes import HAS_SQLALCHEMY, NO_SQLALCHEMY
+
+if HAS_SQLALCHEMY or t.TYPE_CHECKING:
+    import sqlalchemy as sa
+    from helpers import (
+        AsyncDB,
+        Base,
+        Database,
+        drop_schema,
+        make_postgres_engine,
+        make_sqlite_engine,
+        postgres_url,
+    )
+
+
+def skip_without_sqlalchemy() -> None:
+    if not HAS_SQLALCHEMY:
+        pytest.skip(NO_SQLALCHEMY)
+
+
+def skip_without_greenlet() -> None:
+    pytest.importorskip("greenlet", reason="SQLAlchemy's asyncio extension needs greenlet")
 
 
 @pytest.fixture
@@ -34,6 +52,7 @@ def caplog(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 @pytest.fixture
 def sqlite_engine(tmp_path: Path) -> t.Iterator[sa.Engine]:
     """A real SQLite file database with the test tables."""
+    skip_without_sqlalchemy()
     engine = make_sqlite_engine(f"sqlite:///{tmp_path / 'test.db'}")
     Base.metadata.create_all(engine)
     yield engine
@@ -42,6 +61,7 @@ def sqlite_engine(tmp_path: Path) -> t.Iterator[sa.Engine]:
 
 @pytest.fixture
 def pg_url() -> str:
+    skip_without_sqlalchemy()
     url = postgres_url()
     if url is None:
         pytest.skip("SCOPED_SESSION_TEST_POSTGRES_URL is not set")
@@ -61,6 +81,7 @@ def pg_engine(pg_url: str) -> t.Iterator[sa.Engine]:
 @pytest.fixture(params=["sqlite", "postgres"])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> t.Iterator[Database]:
     """Each real database in turn: a SQLite file, then PostgreSQL (if configured)."""
+    skip_without_sqlalchemy()
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'test.db'}"
         engine = make_sqlite_engine(url)
@@ -82,6 +103,8 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> t.Iterator[Database]:
 def adb(request: pytest.FixtureRequest, tmp_path: Path) -> t.Iterator[AsyncDB]:
     """Each real database in turn: a SQLite file, then PostgreSQL through asyncpg
     and through psycopg (if configured)."""
+    skip_without_sqlalchemy()
+    skip_without_greenlet()
     kind: str = request.param
     if kind == "sqlite":
         pytest.importorskip("aiosqlite")
@@ -99,5 +122,7 @@ def adb(request: pytest.FixtureRequest, tmp_path: Path) -> t.Iterator[AsyncDB]:
 
 @pytest.fixture
 def sqlite_adb(tmp_path: Path) -> AsyncDB:
+    skip_without_sqlalchemy()
+    skip_without_greenlet()
     pytest.importorskip("aiosqlite")
     return AsyncDB("sqlite", str(tmp_path / "test.db"))

@@ -1,10 +1,11 @@
-"""Shared test helpers: a model, real engines, and server-side connection counts."""
+"""Shared test helpers that need SQLAlchemy: a model, real engines, and server-side
+connection counts. Importing this module without SQLAlchemy skips the importing test
+module; the sessions that are not SQLAlchemy's are in ``fakes.py``."""
 
 from __future__ import annotations
 
-import inspect
-
 import contextlib
+import inspect
 import os
 import re
 import signal
@@ -16,8 +17,18 @@ import typing as t
 import uuid
 from pathlib import Path
 
+import pytest
+
+pytest.importorskip(
+    "sqlalchemy",
+    reason="SQLAlchemy is not installed: tests/helpers.py builds real databases"
+    " (sessions that are not SQLAlchemy's are in tests/fakes.py)",
+)
+
 import psycopg
 import sqlalchemy as sa
+from fakes import AsyncTrivialSession as AsyncTrivialSession  # for imports from here
+from fakes import TrivialSession as TrivialSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 POSTGRES_ENV = "SCOPED_SESSION_TEST_POSTGRES_URL"
@@ -32,26 +43,6 @@ class Note(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     text: Mapped[str] = mapped_column(sa.String(200), unique=True)
-
-
-class TrivialSession:
-    """A session that does nothing, for pure-logic tests and benchmarks."""
-
-    _is_asyncio = False  # SQLAlchemy's scoped_session reads this
-
-    def __init__(self, **kw: t.Any) -> None:
-        self.kw = kw
-        self.closed = 0
-        self.committed = 0
-
-    def close(self) -> None:
-        self.closed += 1
-
-    def commit(self) -> None:
-        self.committed += 1
-
-    def rollback(self) -> None:
-        pass
 
 
 def checkedout(engine: sa.Engine) -> int:
@@ -193,26 +184,6 @@ def make_async_engine(kind: str, where: str, **kw: t.Any) -> tuple[t.Any, str, s
 async def create_tables(engine: t.Any) -> None:
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
-
-
-class AsyncTrivialSession:
-    """An async session that does nothing, for pure-logic tests and benchmarks."""
-
-    _is_asyncio = True  # SQLAlchemy's async_scoped_session reads this
-
-    def __init__(self, **kw: t.Any) -> None:
-        self.kw = kw
-        self.closed = 0
-        self.committed = 0
-
-    async def close(self) -> None:
-        self.closed += 1
-
-    async def commit(self) -> None:
-        self.committed += 1
-
-    async def rollback(self) -> None:
-        pass
 
 
 class AsyncDB:

@@ -12,24 +12,20 @@ import threading
 import typing as t
 
 import pytest
-import sqlalchemy as sa
-from helpers import (
-    AsyncDatabase,
-    AsyncDB,
-    AsyncTrivialSession,
-    Database,
-    Note,
-    TrivialSession,
-)
-
-pytest.importorskip("greenlet")  # SQLAlchemy's asyncio extension needs it
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session as SyncSession
-from sqlalchemy.orm import sessionmaker
+from fakes import HAS_SQLALCHEMY, AsyncTrivialSession, TrivialSession
 
 from scoped_session import ScopedSession
 from scoped_session.asgi import ScopedSessionMiddleware
 from scoped_session.asyncio import AsyncScopedSession
+
+# The tests on real databases skip without SQLAlchemy, or greenlet, which its asyncio
+# extension needs (their fixtures: adb, sqlite_adb, db, sqlite_engine).
+if HAS_SQLALCHEMY or t.TYPE_CHECKING:
+    import sqlalchemy as sa
+    from helpers import AsyncDatabase, AsyncDB, Database, Note
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+    from sqlalchemy.orm import Session as SyncSession
+    from sqlalchemy.orm import sessionmaker
 
 Message = t.MutableMapping[str, t.Any]
 Receive = t.Callable[[], t.Awaitable[Message]]
@@ -477,9 +473,7 @@ def test_every_session_is_ended_when_one_fails(caplog: pytest.LogCaptureFixture)
         client = asyncio.run(main())
     assert client.body == b"ok"  # the response went out whole first
     assert [s.closed for s in made] == [1, 1]
-    assert any(
-        "Closing a session failed for GET /two" in r.getMessage() for r in caplog.records
-    )
+    assert any("Closing a session failed for GET /two" in r.getMessage() for r in caplog.records)
 
 
 # -- frameworks ------------------------------------------------------------------------------

@@ -25,8 +25,13 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psycopg
 import pytest
+
+pytest.importorskip(
+    "sqlalchemy", reason="SQLAlchemy is not installed: the servers run on real databases"
+)
+
+import psycopg
 import sqlalchemy as sa
 from helpers import (
     Base,

@@ -10,15 +10,19 @@ import pytest
 
 celery = pytest.importorskip("celery", reason="celery is not installed (extra 'celery')")
 
-import sqlalchemy as sa  # noqa: E402
 from celery import Celery, signals  # type: ignore[import-untyped]  # noqa: E402
 from celery.contrib.testing.worker import start_worker  # type: ignore[import-untyped]  # noqa: E402
-from helpers import Database, Note, TrivialSession  # noqa: E402
-from sqlalchemy.orm import Session as SASession  # noqa: E402
-from sqlalchemy.orm import sessionmaker  # noqa: E402
+from fakes import HAS_SQLALCHEMY, TrivialSession  # noqa: E402
 
 from scoped_session import ScopedSession, ScopedSessionError  # noqa: E402
 from scoped_session.celery import init_celery  # noqa: E402
+
+# The tests on real databases skip without SQLAlchemy (their fixtures).
+if HAS_SQLALCHEMY or t.TYPE_CHECKING:
+    import sqlalchemy as sa
+    from helpers import Database, Note
+    from sqlalchemy.orm import Session as SASession
+    from sqlalchemy.orm import sessionmaker
 
 WAIT = 30
 

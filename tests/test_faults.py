@@ -24,10 +24,15 @@ import threading
 import typing as t
 from pathlib import Path
 
+import pytest
+
+pytest.importorskip(
+    "sqlalchemy", reason="SQLAlchemy is not installed: the faults are those of real sessions"
+)
+
 import load_app
 import load_run
 import psycopg
-import pytest
 import sqlalchemy as sa
 from helpers import postgres_url
 from sqlalchemy import orm

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("flask", reason="Flask is not installed (extra 'flask')")
+pytest.importorskip(
+    "sqlalchemy", reason="SQLAlchemy is not installed: the server runs on real databases"
+)
 
 import sqlalchemy as sa
 from flask import Flask, Response, stream_with_context

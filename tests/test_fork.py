@@ -9,11 +9,15 @@ import typing as t
 import warnings
 
 import pytest
-import sqlalchemy as sa
-from helpers import Database, TrivialSession, checkedout
-from sqlalchemy.orm import Session, sessionmaker
+from fakes import HAS_SQLALCHEMY, TrivialSession
 
 from scoped_session import ScopedSession
+
+# The tests on real databases skip without SQLAlchemy (their fixtures).
+if HAS_SQLALCHEMY or t.TYPE_CHECKING:
+    import sqlalchemy as sa
+    from helpers import Database, checkedout
+    from sqlalchemy.orm import Session, sessionmaker
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
 

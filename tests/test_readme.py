@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip(
+    "sqlalchemy", reason="SQLAlchemy is not installed: the README's examples and the demo use it"
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import importlib.util
 import logging
 import threading
 import typing as t
 
-import greenlet
 import pytest
-from helpers import TrivialSession
+from fakes import TrivialSession
 
 from scoped_session import ScopedSession
 
@@ -64,7 +64,12 @@ def test_context_scope_per_task() -> None:
     assert all(s.closed == 1 for s in sessions)
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("greenlet") is None, reason="greenlet is not installed"
+)
 def test_context_scope_per_greenlet() -> None:
+    import greenlet
+
     Session = ScopedSession(TrivialSession, scope="context")
     seen: list[TrivialSession] = []
 

@@ -7,6 +7,11 @@ import threading
 import typing as t
 
 import pytest
+
+pytest.importorskip(
+    "sqlalchemy", reason="SQLAlchemy is not installed: these tests are about its sessions"
+)
+
 import sqlalchemy as sa
 from helpers import Database, Note, checkedout, reaches_the_session
 from sqlalchemy import exc as sa_exc

@@ -27,8 +27,7 @@ from pathlib import Path
 
 import hypothesis.strategies as st
 import pytest
-import sqlalchemy as sa
-from helpers import TrivialSession
+from fakes import HAS_SQLALCHEMY, TrivialSession, needs_sqlalchemy
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -37,9 +36,12 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import orm
 
 from scoped_session import ScopedSession, SessionAlreadyPresent, UnitOfWork
+
+if HAS_SQLALCHEMY or t.TYPE_CHECKING:
+    import sqlalchemy as sa
+    from sqlalchemy import orm
 
 WAIT = 10.0
 MAX_LOCATIONS = 4
@@ -52,24 +54,6 @@ class Fake(TrivialSession):
     def __init__(self, **kw: t.Any) -> None:
         super().__init__(**kw)
         self.serial = next(_serials)
-
-
-class CountingSession(orm.Session):
-    """A real SQLAlchemy session that counts its closes and commits."""
-
-    def __init__(self, *args: t.Any, **kw: t.Any) -> None:
-        kw.pop("tag", None)
-        super().__init__(*args, **kw)
-        self.closed = 0
-        self.committed = 0
-
-    def close(self) -> None:
-        super().close()
-        self.closed += 1
-
-    def commit(self) -> None:
-        super().commit()
-        self.committed += 1
 
 
 class Expected:
@@ -396,32 +380,52 @@ class KeyedMachine(RegistryMachine):
         raise AssertionError("keys do not end")
 
 
-class SQLiteMachine(RegistryMachine):
-    """Thread scope with real SQLAlchemy sessions on a SQLite file: the pool's
-    checked-out connections are exactly the sessions the model says are in a
-    transaction (used, and not committed or closed since)."""
+# The same with real sessions; without SQLAlchemy the test that runs it skips.
+if HAS_SQLALCHEMY or t.TYPE_CHECKING:
 
-    engine: t.ClassVar[sa.Engine]
+    class CountingSession(orm.Session):
+        """A real SQLAlchemy session that counts its closes and commits."""
 
-    def factory(self, **kw: object) -> t.Any:
-        return CountingSession(bind=self.engine, **kw)
+        def __init__(self, *args: t.Any, **kw: t.Any) -> None:
+            kw.pop("tag", None)
+            super().__init__(*args, **kw)
+            self.closed = 0
+            self.committed = 0
 
-    def real(self) -> bool:
-        return True
+        def close(self) -> None:
+            super().close()
+            self.closed += 1
 
-    def use_session(self) -> None:
-        self.Session.execute(sa.text("SELECT 1"))
+        def commit(self) -> None:
+            super().commit()
+            self.committed += 1
 
-    def teardown(self) -> None:
-        super().teardown()
-        for session in self.sessions:
-            session.close()  # those forgotten by clear() or set()
-        assert t.cast("sa.QueuePool", self.engine.pool).checkedout() == 0
+    class SQLiteMachine(RegistryMachine):
+        """Thread scope with real SQLAlchemy sessions on a SQLite file: the pool's
+        checked-out connections are exactly the sessions the model says are in a
+        transaction (used, and not committed or closed since)."""
 
-    @invariant()
-    def connections_are_the_open_transactions(self) -> None:
-        open_ = sum(1 for s in self.sessions if self.expected[id(s)].in_transaction)
-        assert t.cast("sa.QueuePool", self.engine.pool).checkedout() == open_
+        engine: t.ClassVar[sa.Engine]
+
+        def factory(self, **kw: object) -> t.Any:
+            return CountingSession(bind=self.engine, **kw)
+
+        def real(self) -> bool:
+            return True
+
+        def use_session(self) -> None:
+            self.Session.execute(sa.text("SELECT 1"))
+
+        def teardown(self) -> None:
+            super().teardown()
+            for session in self.sessions:
+                session.close()  # those forgotten by clear() or set()
+            assert t.cast("sa.QueuePool", self.engine.pool).checkedout() == 0
+
+        @invariant()
+        def connections_are_the_open_transactions(self) -> None:
+            open_ = sum(1 for s in self.sessions if self.expected[id(s)].in_transaction)
+            assert t.cast("sa.QueuePool", self.engine.pool).checkedout() == open_
 
 
 FAST = settings(
@@ -474,6 +478,7 @@ def test_remove_all_reaches_a_session_shadowed_by_a_unit(kind: str) -> None:
         Session.remove()  # whatever is left, so that no finalizer finds it later
 
 
+@needs_sqlalchemy
 def test_thread_scope_with_real_sqlite_sessions(tmp_path: Path) -> None:
     engine = sa.create_engine(
         f"sqlite:///{tmp_path / 'stateful.db'}",

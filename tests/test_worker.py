@@ -14,20 +14,17 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
-from helpers import (
-    Base,
-    Database,
-    Note,
-    TrivialSession,
-    drop_schema,
-    make_postgres_engine,
-)
-from sqlalchemy.orm import Session as SASession
-from sqlalchemy.orm import sessionmaker
+from fakes import HAS_SQLALCHEMY, TrivialSession, needs_sqlalchemy
 
 from scoped_session import ScopedSession
 from scoped_session.worker import ScopedThreadPoolExecutor, dispose_engines_after_fork
+
+# The tests on real databases skip without SQLAlchemy (their fixtures, or the mark).
+if HAS_SQLALCHEMY or t.TYPE_CHECKING:
+    import sqlalchemy as sa
+    from helpers import Base, Database, Note, drop_schema, make_postgres_engine
+    from sqlalchemy.orm import Session as SASession
+    from sqlalchemy.orm import sessionmaker
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 30  # seconds: the bound on every wait in this file
@@ -166,6 +163,7 @@ def test_per_job_without_commit_rolls_back(sqlite_engine: sa.Engine) -> None:
     assert texts == ["kept"]
 
 
+@needs_sqlalchemy
 def test_per_job_several_sessions(tmp_path: Path) -> None:
     engines = [sa.create_engine(f"sqlite:///{tmp_path / f'{n}.db'}") for n in (1, 2)]
     for engine in engines:
@@ -474,6 +472,7 @@ def run_example(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+@needs_sqlalchemy
 def test_worker_pool_example_sqlite() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     proc = run_example({**env, "DATABASE_URL": ""})
@@ -513,6 +512,7 @@ def test_dispose_engines_after_fork_arguments() -> None:
         dispose_engines_after_fork(FakeAsync())
 
 
+@needs_sqlalchemy
 def test_dispose_engines_after_fork_holds_engines_weakly(caplog: pytest.LogCaptureFixture) -> None:
     from scoped_session import _fork
 

@@ -19,6 +19,12 @@ import traceback
 import typing as t
 
 import pytest
+
+pytest.importorskip(
+    "sqlalchemy",
+    reason="SQLAlchemy is not installed: the children connect to PostgreSQL through it",
+)
+
 import sqlalchemy as sa
 from helpers import Base, Note, drop_schema, make_postgres_engine
 from sqlalchemy.orm import Session as SASession

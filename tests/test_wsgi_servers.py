@@ -29,8 +29,13 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psycopg
 import pytest
+
+pytest.importorskip(
+    "sqlalchemy", reason="SQLAlchemy is not installed: the servers run on real databases"
+)
+
+import psycopg
 import sqlalchemy as sa
 import wsgi_server_app
 from helpers import (
