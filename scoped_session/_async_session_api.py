@@ -11,9 +11,10 @@ Why two classes: a typed signature binds the arguments and fills in the defaults
 cannot also pass them on exactly as given. :class:`AsyncSessionSignatures` has each
 member's signature and overloads, for type checkers, and at runtime for
 ``inspect.signature`` and ``help()``. :class:`AsyncSessionProxy` is what runs: each
-method reads the caller's session and calls it with ``*args, **kwargs``, so the session,
-or a subclass's override, receives the arguments as the caller wrote them. Type checkers
-see :class:`AsyncSessionProxy` as :class:`AsyncSessionSignatures`.
+method reads the caller's session and calls it with ``*args, **kwargs`` (or with
+nothing, where the session's method takes nothing), so the session, or a subclass's
+override, receives the arguments as the caller wrote them. Type checkers see
+:class:`AsyncSessionProxy` as :class:`AsyncSessionSignatures`.
 """
 
 from __future__ import annotations
@@ -524,8 +525,8 @@ else:
         def __iter__(self):
             return iter(self._current())
 
-        def aclose(self, /, *args, **kwargs):
-            return self._current().aclose(*args, **kwargs)
+        def aclose(self):
+            return self._current().aclose()
 
         def add(self, /, *args, **kwargs):
             return self._current().add(*args, **kwargs)
@@ -533,20 +534,20 @@ else:
         def add_all(self, /, *args, **kwargs):
             return self._current().add_all(*args, **kwargs)
 
-        def begin(self, /, *args, **kwargs):
-            return self._current().begin(*args, **kwargs)
+        def begin(self):
+            return self._current().begin()
 
-        def begin_nested(self, /, *args, **kwargs):
-            return self._current().begin_nested(*args, **kwargs)
+        def begin_nested(self):
+            return self._current().begin_nested()
 
-        def close(self, /, *args, **kwargs):
-            return self._current().close(*args, **kwargs)
+        def close(self):
+            return self._current().close()
 
-        def reset(self, /, *args, **kwargs):
-            return self._current().reset(*args, **kwargs)
+        def reset(self):
+            return self._current().reset()
 
-        def commit(self, /, *args, **kwargs):
-            return self._current().commit(*args, **kwargs)
+        def commit(self):
+            return self._current().commit()
 
         def connection(self, /, *args, **kwargs):
             return self._current().connection(*args, **kwargs)
@@ -563,14 +564,14 @@ else:
         def expire(self, /, *args, **kwargs):
             return self._current().expire(*args, **kwargs)
 
-        def expire_all(self, /, *args, **kwargs):
-            return self._current().expire_all(*args, **kwargs)
+        def expire_all(self):
+            return self._current().expire_all()
 
         def expunge(self, /, *args, **kwargs):
             return self._current().expunge(*args, **kwargs)
 
-        def expunge_all(self, /, *args, **kwargs):
-            return self._current().expunge_all(*args, **kwargs)
+        def expunge_all(self):
+            return self._current().expunge_all()
 
         def flush(self, /, *args, **kwargs):
             return self._current().flush(*args, **kwargs)
@@ -584,8 +585,8 @@ else:
         def is_modified(self, /, *args, **kwargs):
             return self._current().is_modified(*args, **kwargs)
 
-        def invalidate(self, /, *args, **kwargs):
-            return self._current().invalidate(*args, **kwargs)
+        def invalidate(self):
+            return self._current().invalidate()
 
         def merge(self, /, *args, **kwargs):
             return self._current().merge(*args, **kwargs)
@@ -596,8 +597,8 @@ else:
         def refresh(self, /, *args, **kwargs):
             return self._current().refresh(*args, **kwargs)
 
-        def rollback(self, /, *args, **kwargs):
-            return self._current().rollback(*args, **kwargs)
+        def rollback(self):
+            return self._current().rollback()
 
         def scalar(self, /, *args, **kwargs):
             return self._current().scalar(*args, **kwargs)

@@ -11,9 +11,9 @@ Why two classes: a typed signature binds the arguments and fills in the defaults
 cannot also pass them on exactly as given. :class:`SessionSignatures` has each member's
 signature and overloads, for type checkers, and at runtime for ``inspect.signature`` and
 ``help()``. :class:`SessionProxy` is what runs: each method reads the caller's session
-and calls it with ``*args, **kwargs``, so the session, or a subclass's override,
-receives the arguments as the caller wrote them. Type checkers see :class:`SessionProxy`
-as :class:`SessionSignatures`.
+and calls it with ``*args, **kwargs`` (or with nothing, where the session's method takes
+nothing), so the session, or a subclass's override, receives the arguments as the caller
+wrote them. Type checkers see :class:`SessionProxy` as :class:`SessionSignatures`.
 """
 
 from __future__ import annotations
@@ -570,17 +570,17 @@ else:
         def begin(self, /, *args, **kwargs):
             return self._current().begin(*args, **kwargs)
 
-        def begin_nested(self, /, *args, **kwargs):
-            return self._current().begin_nested(*args, **kwargs)
+        def begin_nested(self):
+            return self._current().begin_nested()
 
-        def close(self, /, *args, **kwargs):
-            return self._current().close(*args, **kwargs)
+        def close(self):
+            return self._current().close()
 
-        def reset(self, /, *args, **kwargs):
-            return self._current().reset(*args, **kwargs)
+        def reset(self):
+            return self._current().reset()
 
-        def commit(self, /, *args, **kwargs):
-            return self._current().commit(*args, **kwargs)
+        def commit(self):
+            return self._current().commit()
 
         def connection(self, /, *args, **kwargs):
             return self._current().connection(*args, **kwargs)
@@ -597,14 +597,14 @@ else:
         def expire(self, /, *args, **kwargs):
             return self._current().expire(*args, **kwargs)
 
-        def expire_all(self, /, *args, **kwargs):
-            return self._current().expire_all(*args, **kwargs)
+        def expire_all(self):
+            return self._current().expire_all()
 
         def expunge(self, /, *args, **kwargs):
             return self._current().expunge(*args, **kwargs)
 
-        def expunge_all(self, /, *args, **kwargs):
-            return self._current().expunge_all(*args, **kwargs)
+        def expunge_all(self):
+            return self._current().expunge_all()
 
         def flush(self, /, *args, **kwargs):
             return self._current().flush(*args, **kwargs)
@@ -642,8 +642,8 @@ else:
         def refresh(self, /, *args, **kwargs):
             return self._current().refresh(*args, **kwargs)
 
-        def rollback(self, /, *args, **kwargs):
-            return self._current().rollback(*args, **kwargs)
+        def rollback(self):
+            return self._current().rollback()
 
         def scalar(self, /, *args, **kwargs):
             return self._current().scalar(*args, **kwargs)

@@ -637,6 +637,10 @@ def _forwarders_class(kind: Kind, members: list[Member]) -> list[str]:
             lines += [f"{indent}def __iter__(self):", f"{body}return iter(self._current())"]
         elif name.startswith("__"):
             raise GeneratorError(f"No forwarder written for the special method {name}.")
+        elif len(_signature(member.functions[-1]).parameters) == 1:
+            # Nothing to pass on but self: a plain call is the arguments as given,
+            # and much cheaper than a star call (no tuple, no dict, no slow path).
+            lines += [f"{indent}def {name}(self):", f"{body}return self._current().{name}()"]
         else:
             lines += [f"{indent}def {name}(self, /, *args, **kwargs):"]
             lines.append(f"{body}return self._current().{name}(*args, **kwargs)")
@@ -671,8 +675,9 @@ def _header(kind: Kind, version: str, ruff_codes: set[str]) -> list[str]:
         f"it cannot also pass them on exactly as given. :class:`{signatures}` has each "
         "member's signature and overloads, for type checkers, and at runtime for "
         f"``inspect.signature`` and ``help()``. :class:`{forwarders}` is what runs: each method "
-        "reads the caller's session and calls it with ``*args, **kwargs``, so the session, or "
-        "a subclass's override, receives the arguments as the caller wrote them. Type "
+        "reads the caller's session and calls it with ``*args, **kwargs`` (or with nothing, "
+        "where the session's method takes nothing), so the session, or a subclass's "
+        "override, receives the arguments as the caller wrote them. Type "
         f"checkers see :class:`{forwarders}` as :class:`{signatures}`.",
     ]
     return [
