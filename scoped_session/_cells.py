@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import types
 import typing as t
@@ -25,7 +26,9 @@ logger = logging.getLogger("scoped_session")
 #: to its pool with a rollback) would talk on the parent's sockets.
 _inherited: list[object] = []
 
-#: Makes :meth:`Cell.take` atomic, with or without a GIL.
+#: Whether the GIL serializes threads (a free-threaded build can turn it on at run
+#: time, never off): :meth:`Cell.take` needs a lock of its own without it.
+_GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
 _take_lock = threading.Lock()
 
 
@@ -80,16 +83,28 @@ class Cell:
         self.label = label
         self.origin = None
 
-    def take(self) -> t.Any:
-        """Empty the cell and return what it held (``None`` when empty).
+    if _GIL:
 
-        Safe to race: of two threads taking at once (an owner's ``remove()`` and a
-        server thread's end of the unit), exactly one gets the session.
-        """
-        with _take_lock:
+        def take(self) -> t.Any:
+            """Empty the cell and return what it held (``None`` when empty).
+
+            Safe to race: of two threads taking at once (an owner's ``remove()``
+            and a server thread's end of the unit), exactly one gets the session.
+            With the GIL no other thread runs between these two statements (no
+            call, no allocation, no check of the eval breaker); without it, a
+            lock does the same.
+            """
             session = self.session
             self.session = None
-        return session
+            return session
+
+    else:  # pragma: no cover - free-threaded builds
+
+        def take(self) -> t.Any:
+            with _take_lock:
+                session = self.session
+                self.session = None
+            return session
 
     def take_to_close(self, *, reaped: bool = False) -> t.Any:
         """:meth:`take`, counted in the registry's stats as removed (or reaped, for

@@ -31,31 +31,31 @@ Runner = t.Callable[[t.Callable[[], object]], t.Awaitable[object]]
 
 
 class Ending:
-    """The steps of ending ``sessions``, with what failed so far.
+    """What failed so far while ending some sessions, and what that decides.
 
-    Iterating gives ``(step, session)`` pairs, ``step`` being ``"commit"`` or
-    ``"close"``; whoever performs a step reports its failure to :meth:`failed`,
-    which decides the rest. :meth:`finish` applies the policy to the failures.
+    The drivers below commit each session while :attr:`committing` holds and
+    close each while :attr:`close` does, and report every failure to
+    :meth:`failed`; :meth:`finish` applies the policy to the failures.
 
-    :param sessions: the sessions, in order.
-    :param commit: commit them (unless ``error`` is given).
+    :param commit: commit the sessions (unless ``error`` is given).
     :param error: the work's own exception: nothing is committed and no failure
         is raised, only logged.
-    :param where: what the sessions belonged to, for the log ("GET /notes").
+    :param where: what the sessions belonged to, for the log: a string, or an
+        object whose ``str()`` says it ("GET /notes"), formatted only when logged.
     :param close: close them (``False``: commit only, stopping at the first
         failure; the caller ends them later).
     """
 
+    __slots__ = ("close", "committed", "committing", "error", "failures", "where")
+
     def __init__(
         self,
-        sessions: t.Iterable[t.Any],
         *,
         commit: bool = False,
         error: BaseException | None = None,
-        where: str = "a unit of work",
+        where: object = "a unit of work",
         close: bool = True,
     ) -> None:
-        self.sessions = list(sessions)
         self.committing = commit and error is None
         self.error = error
         self.where = where
@@ -64,20 +64,8 @@ class Ending:
         #: How many sessions were committed.
         self.committed = 0
 
-    def __iter__(self) -> t.Iterator[tuple[str, t.Any]]:
-        for session in self.sessions:
-            if self.committing:
-                yield "commit", session
-                # Read again: the commit may have failed meanwhile.
-                if self.committing:
-                    self.committed += 1
-            if self.close:
-                yield "close", session
-            elif not self.committing:
-                return
-
     def failed(self, step: str, exc: BaseException) -> None:
-        """A step raised ``exc``."""
+        """The ``step`` (``"commit"`` or ``"close"``) of a session raised ``exc``."""
         if step == "commit":
             self.committing = False
             logger.error(
@@ -91,11 +79,11 @@ class Ending:
 
     def finish(self) -> None:
         """Raise what the policy says (see the module documentation)."""
-        if self.error is None:
+        if self.failures and self.error is None:
             raise_failures(self.failures, self.where)
 
 
-def raise_failures(failures: list[BaseException], where: str) -> None:
+def raise_failures(failures: list[BaseException], where: object) -> None:
     """Raise the one failure, a group of several, or nothing."""
     if len(failures) == 1:
         raise failures[0]
@@ -108,17 +96,27 @@ def end_sessions(
     *,
     commit: bool = False,
     error: BaseException | None = None,
-    where: str = "a unit of work",
+    where: object = "a unit of work",
     close: bool = True,
 ) -> Ending:
     """Commit (when asked), close and report ``sessions`` by the policy; returns
     the :class:`Ending` (``committed`` says how many were committed)."""
-    ending = Ending(sessions, commit=commit, error=error, where=where, close=close)
-    for step, session in ending:
-        try:
-            getattr(session, step)()
-        except BaseException as exc:
-            ending.failed(step, exc)
+    ending = Ending(commit=commit, error=error, where=where, close=close)
+    for session in sessions:
+        if ending.committing:
+            try:
+                session.commit()
+            except BaseException as exc:
+                ending.failed("commit", exc)
+            else:
+                ending.committed += 1
+        if close:
+            try:
+                session.close()
+            except BaseException as exc:
+                ending.failed("close", exc)
+        elif not ending.committing:
+            break
     ending.finish()
     return ending
 
@@ -128,26 +126,38 @@ async def end_sessions_async(
     *,
     commit: bool = False,
     error: BaseException | None = None,
-    where: str = "a unit of work",
+    where: object = "a unit of work",
     close: bool = True,
     run: Runner | None = None,
 ) -> Ending:
-    """:func:`end_sessions` for async sessions: each step's awaitable is awaited.
+    """:func:`end_sessions` for async sessions: the same steps, each awaited.
 
     :param run: performs a step instead (called with the bound method, it returns
         an awaitable): the ASGI middleware runs a sync session's on a thread.
     """
-    ending = Ending(sessions, commit=commit, error=error, where=where, close=close)
-    for step, session in ending:
-        method = getattr(session, step)
-        try:
-            if run is not None:
-                await run(method)
+    perform = _await if run is None else run
+    ending = Ending(commit=commit, error=error, where=where, close=close)
+    for session in sessions:
+        if ending.committing:
+            try:
+                await perform(session.commit)
+            except BaseException as exc:
+                ending.failed("commit", exc)
             else:
-                result = method()
-                if inspect.isawaitable(result):
-                    await result
-        except BaseException as exc:
-            ending.failed(step, exc)
+                ending.committed += 1
+        if close:
+            try:
+                await perform(session.close)
+            except BaseException as exc:
+                ending.failed("close", exc)
+        elif not ending.committing:
+            break
     ending.finish()
     return ending
+
+
+async def _await(method: t.Callable[[], object]) -> None:
+    """Call ``method`` and await what it returns, if anything is to be awaited."""
+    result = method()
+    if inspect.isawaitable(result):
+        await result

@@ -20,7 +20,7 @@ import weakref
 
 from . import _events
 from ._arguments import check_flag, sqlalchemy_module
-from ._cells import Stats
+from ._cells import Cell, Stats
 from ._exceptions import NoScopeError, ScopedSessionWarning, already_present, compatible
 from ._scopes import ContextScope, KeyedScope, Scope, ThreadScope
 
@@ -212,6 +212,21 @@ class Registry(t.Generic[S]):
             return self._create(kw)
         return self._current()
 
+    def _caller_cell(self) -> Cell | None:
+        """The caller's live cell, or None: read through the slot, as the proxy
+        does, unless the scope needs its own lookup (units ended elsewhere, a
+        scope with hooks)."""
+        scope = self._scope
+        if scope.hooked:
+            return scope.resolve()
+        try:
+            cell = self._slot.cell
+        except AttributeError:  # a thread's first use
+            return None
+        if cell.ended:
+            return scope.resolve()
+        return cell if cell.is_cell else None
+
     def _create(self, kw: dict[str, t.Any]) -> S:
         lock = self._create_lock
         if lock is None:
@@ -221,12 +236,14 @@ class Registry(t.Generic[S]):
 
     def _make(self, kw: dict[str, t.Any]) -> S:
         scope = self._scope
-        cell = scope.resolve()
+        cell = self._caller_cell()
         if cell is not None and cell.session is not None:
             if kw:
                 raise already_present()
-            scope.claim(cell, cell.session)
-            return t.cast("S", cell.session)
+            found: S = cell.session
+            if scope.hooked:
+                scope.claim(cell, found)
+            return found
         implicit = cell is None or not cell.depth
         if implicit and self._strict:
             raise NoScopeError(
@@ -235,7 +252,8 @@ class Registry(t.Generic[S]):
                 " 'with Session.scope():' (or @Session.scope()), or run it under an"
                 " integration that opens one."
             )
-        scope.check()
+        if scope.hooked:
+            scope.check()
         # Made before the registry is touched: a factory that raises leaves nothing.
         session = self.session_factory(**kw)
         if session is None:
@@ -252,9 +270,9 @@ class Registry(t.Generic[S]):
         if cell is None:
             cell = scope.new_cell(self._stats, None, 0, scope.label())
             scope.install(cell)
-        else:
+        elif scope.hooked:
             scope.claim(cell, None)
-        if implicit and cell.origin is None:
+        if implicit and cell.origin is None and scope.records_origin:
             cell.origin = _caller_origin()
         cell.session = session
         self._stats.created += 1
@@ -263,12 +281,12 @@ class Registry(t.Generic[S]):
     def _take(self) -> S | None:
         """Take the caller's session out of its cell without closing it; a cell
         outside any unit of work is released."""
-        scope = self._scope
-        cell = scope.resolve()
+        cell = self._caller_cell()
         if cell is None:
             return None
         session: S | None = cell.take()
-        if session is not None:
+        scope = self._scope
+        if session is not None and scope.hooked:
             scope.claim(cell, session)
         if not cell.depth:
             scope.release(cell)

@@ -61,6 +61,14 @@ class Scope:
     kind: str = "custom"
     #: Whether several threads can share a cell (a custom key): creation locks then.
     shared: bool = False
+    #: Whether :meth:`check` and :meth:`claim` do anything, and the caller's cell
+    #: needs :meth:`resolve` rather than a read of the slot: the registry's hot
+    #: paths skip them otherwise.
+    hooked: bool = False
+    #: Whether a cell made outside a unit of work records where its session was
+    #: made, for the warning if it is reaped (a scope whose cells are always ended
+    #: by an integration has no use for it).
+    records_origin: bool = True
     slot: t.Any
 
     def __init__(self) -> None:
@@ -109,15 +117,17 @@ class Scope:
         return Cell(stats, prev, depth, label)
 
     def check(self) -> None:
-        """Called before a session is made for the caller: raise where nobody would
-        end it (Flask: no application context)."""
+        """Called before a session is made for the caller (when :attr:`hooked`):
+        raise where nobody would end it (Flask: no application context)."""
 
     def claim(self, cell: Cell, session: object) -> None:
         """The caller reached ``cell``'s session (``None``: about to fill it) on
-        the slow path; asyncio checks that no other task is using it."""
+        the slow path (when :attr:`hooked`); asyncio checks that no other task is
+        using it."""
 
-    def label(self) -> str:
-        """Name the caller's scope, for a cell made outside a unit of work."""
+    def label(self) -> object:
+        """Name the caller's scope, for a cell made outside a unit of work: a
+        string, or an object that formats itself when a warning needs it."""
         return f"the {self.kind} scope of the thread {threading.current_thread().name!r}"
 
     def track(self, cell: Cell) -> None:
@@ -258,16 +268,24 @@ class _KeyedSlot(NoCell):
         try:
             hash(key)
         except TypeError:
-            raise TypeError(
-                f"The scopefunc {self.scopefunc!r} returned an unhashable key of type"
-                f" {type(key).__name__}. Return a hashable value that identifies the"
-                " scope, such as a request object or an int."
-            ) from None
+            raise self.unhashable(key) from None
         return key
+
+    def unhashable(self, key: object) -> TypeError:
+        return TypeError(
+            f"The scopefunc {self.scopefunc!r} returned an unhashable key of type"
+            f" {type(key).__name__}. Return a hashable value that identifies the"
+            " scope, such as a request object or an int."
+        )
 
     @property
     def cell(self) -> Cell | NoCell:
-        cell: Cell | NoCell = self.cells.get(self.key(), EMPTY)
+        # The proxy's hot path: the dict lookup hashes the key anyway.
+        key = self.scopefunc()
+        try:
+            cell: Cell | NoCell = self.cells.get(key, EMPTY)
+        except TypeError:
+            raise self.unhashable(key) from None
         return cell
 
 

@@ -19,7 +19,6 @@ import asyncio
 import contextvars
 import functools
 import logging
-import threading
 import typing as t
 import warnings
 import weakref
@@ -186,6 +185,7 @@ class TaskScope(Scope):
     """
 
     kind = "context"
+    hooked = True
     var: contextvars.ContextVar[AsyncCell | None]
 
     def __init__(self, strict: bool = False) -> None:
@@ -209,11 +209,16 @@ class TaskScope(Scope):
     def resolve(self) -> Cell | None:
         """The caller's cell: an open unit visible in its context, or a session it
         made itself; dead entries are dropped from the caller's context."""
-        me = owner()
-        cell = top = self.var.get()
+        try:
+            me = asyncio.current_task()
+        except RuntimeError:  # no running event loop
+            me = None
+        # Typed loosely: casts are calls at run time, and this is the hot path.
+        cell: t.Any = self.var.get()
+        top = cell
         while cell is not None:
             if cell.ended:
-                cell = t.cast("AsyncCell | None", cell.prev)
+                cell = cell.prev
             elif cell.depth or cell.task is me:
                 break
             else:
@@ -222,7 +227,8 @@ class TaskScope(Scope):
                 cell = None
         if cell is not top:
             self.var.set(cell)
-        return cell
+        found: Cell | None = cell
+        return found
 
     def joins(self, outer: Cell) -> bool:
         # A unit joins one its own task opened; in another task it is its own.
@@ -247,8 +253,11 @@ class TaskScope(Scope):
     def claim(self, cell: Cell, session: object) -> None:
         """``me`` reaches a cell another task made (a unit's): from now on every use
         of it is checked, and this one is checked against the others."""
-        async_cell = t.cast("AsyncCell", cell)
-        me = owner()
+        async_cell: t.Any = cell
+        try:
+            me = asyncio.current_task()
+        except RuntimeError:  # no running event loop
+            return
         if async_cell.gate is me or me is None:
             return  # its own; or a thread in a copied context: nothing to compare with
         async_cell.gate = SHARED
@@ -272,12 +281,10 @@ class TaskScope(Scope):
             raise ConcurrentUseError(message)
         warnings.warn(message, ConcurrentUseWarning, stacklevel=5)
 
-    def label(self) -> str:
-        task = owner()
-        thread = threading.current_thread().name
-        if task is not None:
-            return f"the task {task.get_name()!r} (thread {thread!r})"
-        return f"a context of the thread {thread!r}"
+    def label(self) -> object:
+        # A task's cell is reaped with a message of its own (see AsyncCell.reap
+        # and _reap_at_task_end), and a label must not keep the task alive.
+        return None
 
 
 class AsyncKeyedScope(KeyedScope):

@@ -13,8 +13,8 @@ import functools
 import inspect
 import typing as t
 
-from ._arguments import check_flag, sqlalchemy_module
-from ._cells import Cell, describe
+from ._arguments import sqlalchemy_module
+from ._cells import Cell
 from ._ending import Ending, end_sessions
 from ._exceptions import ScopedSessionError
 from ._registry import Registry
@@ -34,8 +34,9 @@ class UnitBase(t.Generic[S]):
     def __init__(
         self, registry: Registry[t.Any], commit: bool = False, label: object = None
     ) -> None:
+        # commit is checked where users pass it (Session.scope(), integrations).
         self._registry = registry
-        self.commit = check_flag(commit, "commit")
+        self.commit = commit
         #: What the unit is for, named in warnings and logs: a string, a WSGI
         #: environ (its request), or a callable (its job).
         self.label = label
@@ -80,9 +81,9 @@ class UnitBase(t.Generic[S]):
         return None if cell is None else t.cast("S | None", cell.session)
 
     @property
-    def where(self) -> str:
-        """What the unit is for, for logs."""
-        return describe(self.label, 1)
+    def where(self) -> object:
+        """What the unit is for, for logs (its label, or a description)."""
+        return self.label if self.label is not None else "a unit of work"
 
     def take_session(self) -> S | None:
         """Take the unit's session to close it, leaving the unit open (a worker
@@ -191,7 +192,7 @@ def end_units(
     *,
     commit: bool,
     error: BaseException | None = None,
-    where: str,
+    where: object,
     reaped: bool = False,
     keep_open: bool = False,
 ) -> Ending:

@@ -53,10 +53,17 @@ class Request:
         return f"the request {environ.get('REQUEST_METHOD', '?')} {path}"
 
 
-def where(environ: WSGIEnvironment | None) -> str:
-    if environ is None:
-        return "a request"
-    return f"{environ.get('REQUEST_METHOD', '?')} {environ.get('PATH_INFO', '')}"
+class where:
+    """Names a request in logs ("GET /notes"), formatted only when one is written."""
+
+    __slots__ = ("environ",)
+
+    def __init__(self, environ: WSGIEnvironment) -> None:
+        self.environ = environ
+
+    def __str__(self) -> str:
+        environ = self.environ
+        return f"{environ.get('REQUEST_METHOD', '?')} {environ.get('PATH_INFO', '')}"
 
 
 def end_or_raise(

@@ -160,10 +160,15 @@ class AsyncScopedSession(Registry[AS], AsyncSessionProxy):
             return super()._current()
         # The task scope's fast path: the caller's own live cell needs no checks.
         cell = var.get()
-        if cell is not None and cell.gate is owner():
-            session: AS | None = cell.session
-            if session is not None:
-                return session
+        if cell is not None:
+            try:
+                mine = cell.gate is asyncio.current_task()
+            except RuntimeError:  # no running event loop
+                mine = False
+            if mine:
+                session: AS | None = cell.session
+                if session is not None:
+                    return session
         return self._create({})
 
     async def remove(self) -> None:

@@ -130,6 +130,9 @@ class AppContextScope(Scope):
     """
 
     kind = "flask"
+    hooked = True
+    # The context's end closes its session, always: nothing to warn about later.
+    records_origin = False
 
     def __init__(self) -> None:
         #: The apps whose contexts get sessions (see FlaskScopedSession.init_app).

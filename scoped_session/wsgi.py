@@ -187,6 +187,8 @@ class ScopedSessionMiddleware:
 def _start(sessions: tuple[ScopedSession[t.Any], ...], environ: WSGIEnvironment) -> Units:
     # The label names the request in a reap warning, formatted only then.
     label = Request(environ)
+    if len(sessions) == 1:  # the common case: nothing to undo if it fails
+        return (UnitOfWork(sessions[0], False, label).start(),)
     started: list[UnitOfWork[t.Any]] = []
     try:
         for scoped in sessions:
