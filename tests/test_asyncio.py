@@ -25,7 +25,13 @@ from scoped_session.asyncio import AsyncScopedSession, ConcurrentUseError, Concu
 # extension needs (their fixtures: adb, sqlite_adb).
 if HAS_SQLALCHEMY or t.TYPE_CHECKING:
     import sqlalchemy as sa
-    from helpers import AsyncDatabase, AsyncDB, Note, reaches_the_session
+    from helpers import (
+        AsyncDatabase,
+        AsyncDB,
+        Note,
+        reaches_the_session,
+        require_generated_sqlalchemy,
+    )
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 
@@ -84,6 +90,8 @@ def test_proxy_awaits_the_async_methods_and_calls_the_plain_ones(adb: AsyncDB) -
 
 
 def test_every_public_async_session_name_is_reachable(sqlite_adb: AsyncDB) -> None:
+    require_generated_sqlalchemy()
+
     async def body(db: AsyncDatabase) -> None:
         Session = scoped(db)
         session = Session()
@@ -814,10 +822,9 @@ def test_a_fork_child_forked_inside_a_task_sees_no_running_loop_or_task() -> Non
 
 
 # -- who may use a cell without checks ---------------------------------------------------
-# The proxy's fast path hands a cell's session to its gate task only. With the C
-# speedups that test is made from what the cell recorded (its thread and context,
-# and asyncio's task running on its loop; see _speedups.c): each case below is one
-# where a cheaper test would give the wrong task a session.
+# The proxy's fast path hands a cell's session to its gate task only: each case below
+# is one where a cheaper test (the context alone, the thread, the loop) would give
+# the wrong task a session.
 
 
 def test_tasks_given_one_context_do_not_share_a_session() -> None:

@@ -13,7 +13,13 @@ pytest.importorskip(
 )
 
 import sqlalchemy as sa
-from helpers import Database, Note, checkedout, reaches_the_session
+from helpers import (
+    Database,
+    Note,
+    checkedout,
+    reaches_the_session,
+    require_generated_sqlalchemy,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import DeclarativeBase, Mapped, Query, Session, mapped_column, sessionmaker
 
@@ -33,6 +39,7 @@ WRITTEN_OUT = ("close", "commit", "rollback", "reset", "expunge_all", "expire_al
 
 
 def test_every_public_session_name_is_reachable(sqlite_engine: sa.Engine) -> None:
+    require_generated_sqlalchemy()
     Scoped = ScopedSession(sessionmaker(sqlite_engine))
     session = Scoped()
     names = {n for n in dir(Session) if not n.startswith("_")} | {

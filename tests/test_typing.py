@@ -522,6 +522,9 @@ def test_own_session_class(report: Report) -> None:
 def test_cases_cover_every_member(case: str, registry: str) -> None:
     """The side-by-side cases use every public member of SQLAlchemy's registry: a
     member SQLAlchemy adds is compared too."""
+    from helpers import require_generated_sqlalchemy
+
+    require_generated_sqlalchemy()  # the cases are written for that release's members
     module, _, name = registry.rpartition(".")
     cls = getattr(importlib.import_module(module), name)
     used = set(re.findall(r"\b[Tt]heirs\.(\w+)", (CASES / case).read_text()))
