@@ -33,7 +33,6 @@ from __future__ import annotations
 import functools
 import itertools
 import typing as t
-import weakref
 from types import GeneratorType
 
 from flask import Flask, Response
@@ -102,7 +101,8 @@ def _context() -> AppContext | None:
     """The current application context, or None."""
     try:
         # werkzeug's documented way to the object behind a proxy.
-        return t.cast("AppContext", app_ctx._get_current_object())  # type: ignore[attr-defined]
+        context: AppContext = app_ctx._get_current_object()  # type: ignore[attr-defined]
+        return context
     except RuntimeError:  # outside any application context
         return None
 
@@ -135,8 +135,9 @@ class AppContextScope(Scope):
     records_origin = False
 
     def __init__(self) -> None:
-        #: The apps whose contexts get sessions (see FlaskScopedSession.init_app).
-        self.apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+        #: Marks the apps whose contexts get sessions, in their ``extensions``
+        #: (see :meth:`register`): the app keeps the mark, the scope no app.
+        self.key = f"scoped_session.scope.{next(_numbers)}"
         super().__init__()
 
     def reset(self) -> None:
@@ -152,7 +153,8 @@ class AppContextScope(Scope):
         context = _context()
         if context is None:
             return None
-        return t.cast("Cell | None", context.__dict__.get(self.cell_attr))
+        cell: Cell | None = context.__dict__.get(self.cell_attr)
+        return cell
 
     def install(self, cell: Cell | None) -> None:
         context = _context()
@@ -171,11 +173,15 @@ class AppContextScope(Scope):
         context = _context()
         if context is None:
             raise NoScopeError(_NO_CONTEXT)
-        if context.app not in self.apps:
+        if self.key not in context.app.extensions:
             raise ScopedSessionError(
                 f"This FlaskScopedSession is not registered on the app {context.app.name!r}."
                 " Call Session.init_app(app) where the app is created."
             )
+
+    def register(self, app: Flask) -> None:
+        """Let ``app``'s contexts get sessions."""
+        app.extensions[self.key] = True
 
     def label(self) -> str:
         return "an application context"
@@ -229,7 +235,7 @@ class FlaskScopedSession(ScopedSession[S]):
         if commit is None:
             commit = bool(app.config.get("SCOPED_SESSION_COMMIT", False))
         registered[self] = _AppState(commit)
-        self._flask_scope.apps.add(app)
+        self._flask_scope.register(app)
 
         # Plain handlers, not signals: a signal with receivers costs every
         # request of every app several microseconds. after_request handlers run
@@ -271,7 +277,7 @@ class FlaskScopedSession(ScopedSession[S]):
             session = getattr(context.__dict__.get(scope.cell_attr, EMPTY), "session", None)
             if session is not None:
                 # Raising here turns into a logged 500 response, by Flask.
-                end_sessions([session], commit=True, close=False, where=_where())
+                end_sessions([session], commit=True, close=False, where=_Where(context))
         return response
 
     def _close_deferred(self, context: AppContext, deferred: _Deferred) -> None:
@@ -311,13 +317,16 @@ class FlaskScopedSession(ScopedSession[S]):
         is None), then close its session and any a unit left open there shadowed."""
         sessions = self._flask_scope.take(context)
         if sessions:
-            end_sessions(sessions, commit=commit, error=error, where=_where())
+            end_sessions(sessions, commit=commit, error=error, where=_Where(context))
 
 
-def _where() -> str:
-    """The current request, for the log."""
-    from flask import has_request_context, request
+class _Where:
+    """Names an application context in logs, formatted only when one is written."""
 
-    if has_request_context():
-        return f"{request.method} {request.path}"
-    return "an application context"
+    __slots__ = ("context",)
+
+    def __init__(self, context: AppContext) -> None:
+        self.context = context
+
+    def __str__(self) -> str:
+        return f"an application context of the app {self.context.app.name!r}"
