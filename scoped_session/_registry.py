@@ -254,6 +254,10 @@ class Registry(t.Generic[S]):
             )
         if scope.hooked:
             scope.check()
+            # The scope's arguments (a Flask app's engine); the caller's win.
+            scoped_kw = scope.factory_kwargs()
+            if scoped_kw:
+                kw = {**scoped_kw, **kw}
         # Made before the registry is touched: a factory that raises leaves nothing.
         session = self.session_factory(**kw)
         if session is None:

@@ -120,6 +120,12 @@ class Scope:
         """Called before a session is made for the caller (when :attr:`hooked`):
         raise where nobody would end it (Flask: no application context)."""
 
+    def factory_kwargs(self) -> dict[str, t.Any] | None:
+        """Keyword arguments for the factory, under the caller's own, for a session
+        made for the caller (when :attr:`hooked`, right after :meth:`check`): a
+        Flask app's engine as ``bind``. ``None``: none. Never mutated."""
+        return None
+
     def claim(self, cell: Cell, session: object) -> None:
         """The caller reached ``cell``'s session (``None``: about to fill it) on
         the slow path (when :attr:`hooked`); asyncio checks that no other task is

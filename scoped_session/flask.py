@@ -24,6 +24,21 @@ the response, whichever comes first. A ``with app.app_context():`` block (in a
 script, a CLI command, or nested in a request) gets a session of its own,
 removed when the block ends.
 
+App factories: one FlaskScopedSession serves any number of apps, each with an
+engine of its own, passed as ``bind`` or made from the app's config::
+
+    Session = FlaskScopedSession(sessionmaker())   # no engine at import time
+
+    def create_app(url):
+        app = Flask(__name__)
+        Session.init_app(app, bind=create_engine(url))
+        # or: app.config["SCOPED_SESSION_DATABASE_URI"] = url; Session.init_app(app)
+        return app
+
+Each session made in a context of an app is then made with ``bind=`` that app's
+engine, which ``Session.get_engine(app)`` (or ``Session.engine`` inside a context)
+returns, for ``create_all()`` and tests.
+
 The scope is the application context object itself: each context carries its own
 cell, so nothing keyed by ``id()`` can be handed to a later context.
 """
@@ -31,20 +46,30 @@ cell, so nothing keyed by ``id()`` can be handed to a later context.
 from __future__ import annotations
 
 import functools
-import itertools
 import typing as t
 from types import GeneratorType
 
 from flask import Flask, Response
 from flask.ctx import AppContext
-from flask.globals import app_ctx
 
-from ._cells import EMPTY, Cell, NoCell
+from ._arguments import check_flag
+from ._cells import EMPTY
 from ._ending import end_sessions
 from ._exceptions import NoScopeError, ScopedSessionError
+from ._flask_scope import (
+    DATABASE_URI_KEY,
+    AppContextScope,
+    AppState,
+    check_app,
+    check_bind,
+    configured_engine,
+    current_context,
+)
 from ._proxy import ScopedSession
 from ._registry import Closeable
-from ._scopes import Scope
+
+if t.TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 __all__ = ["FlaskScopedSession"]
 
@@ -54,25 +79,6 @@ S = t.TypeVar("S", bound=Closeable)
 #: The key of the per-app state in ``app.extensions``: a dict that maps each
 #: FlaskScopedSession registered on the app to its settings.
 EXTENSION_KEY = "scoped_session"
-
-#: Names the attributes that hold a FlaskScopedSession's cell and state on an
-#: application context. A counter, not ``id()``: an id is reused once its object
-#: is collected, a counter value never is.
-_numbers = itertools.count()
-
-_NO_CONTEXT = (
-    "No Flask application context is active. Push one with 'app.app_context()'"
-    " or call this inside a request."
-)
-
-
-class _AppState:
-    """What a FlaskScopedSession keeps per app in ``app.extensions``."""
-
-    __slots__ = ("commit",)
-
-    def __init__(self, commit: bool) -> None:
-        self.commit = commit
 
 
 class _Deferred:
@@ -97,104 +103,13 @@ class _Deferred:
         self.left = False
 
 
-def _context() -> AppContext | None:
-    """The current application context, or None."""
-    try:
-        # werkzeug's documented way to the object behind a proxy.
-        context: AppContext = app_ctx._get_current_object()  # type: ignore[attr-defined]
-        return context
-    except RuntimeError:  # outside any application context
-        return None
-
-
-class _FlaskSlot(NoCell):
-    """The Flask scope's slot: ``cell`` is the cell on the current context, or the
-    slot itself (which holds nothing) where there is none."""
-
-    __slots__ = ("_attr",)
-
-    def __init__(self, attr: str) -> None:
-        self._attr = attr
-
-    @property
-    def cell(self) -> Cell | NoCell:
-        return getattr(_context(), self._attr, self)
-
-
-class AppContextScope(Scope):
-    """A scope whose cell lives on the current Flask application context.
-
-    The cell is an attribute of the ``AppContext`` object, so it lives and dies
-    with that context; cells are also tracked weakly for ``remove_all()``.
-    Sessions are made only in the contexts of the apps it was registered on.
-    """
-
-    kind = "flask"
-    hooked = True
-    # The context's end closes its session, always: nothing to warn about later.
-    records_origin = False
-
-    def __init__(self) -> None:
-        #: Marks the apps whose contexts get sessions, in their ``extensions``
-        #: (see :meth:`register`): the app keeps the mark, the scope no app.
-        self.key = f"scoped_session.scope.{next(_numbers)}"
-        super().__init__()
-
-    def reset(self) -> None:
-        super().reset()
-        # Fresh attribute names: after os.fork() a context inherited from the
-        # parent still carries the old attributes, which must now be invisible.
-        number = next(_numbers)
-        self.cell_attr = f"_scoped_session_cell_{number}"
-        self.state_attr = f"_scoped_session_state_{number}"
-        self.slot = _FlaskSlot(self.cell_attr)
-
-    def get(self) -> Cell | None:
-        context = _context()
-        if context is None:
-            return None
-        cell: Cell | None = context.__dict__.get(self.cell_attr)
-        return cell
-
-    def install(self, cell: Cell | None) -> None:
-        context = _context()
-        if cell is None:
-            if context is not None:
-                context.__dict__.pop(self.cell_attr, None)
-            return
-        if context is None:
-            raise NoScopeError(_NO_CONTEXT)
-        self.track(cell)
-        setattr(context, self.cell_attr, cell)
-
-    def check(self) -> None:
-        # Before the factory runs: a session made outside any context, or in the
-        # context of an app nobody ends contexts for, would never be closed.
-        context = _context()
-        if context is None:
-            raise NoScopeError(_NO_CONTEXT)
-        if self.key not in context.app.extensions:
-            raise ScopedSessionError(
-                f"This FlaskScopedSession is not registered on the app {context.app.name!r}."
-                " Call Session.init_app(app) where the app is created."
-            )
-
-    def register(self, app: Flask) -> None:
-        """Let ``app``'s contexts get sessions."""
-        app.extensions[self.key] = True
-
-    def label(self) -> str:
-        return "an application context"
-
-    def take(self, context: AppContext) -> list[t.Any]:
-        """Take every session of ``context`` (its cell and the ones a unit left
-        open there shadowed), counted as removed."""
-        cell: Cell | None = context.__dict__.pop(self.cell_attr, None)
-        return [] if cell is None else cell.sessions()
-
-
 class FlaskScopedSession(ScopedSession[S]):
     """A scoped session whose scope is the current Flask application context.
+
+    One object serves any number of apps, each with its own engine if
+    :meth:`init_app` gives it one. :meth:`configure` still reconfigures the
+    session factory, for every app in the process: to bind each app to its own
+    database, pass ``bind=`` to :meth:`init_app` (or set its config key).
 
     :param session_factory: makes a new session, usually a
         :class:`sqlalchemy.orm.sessionmaker`.
@@ -216,15 +131,35 @@ class FlaskScopedSession(ScopedSession[S]):
         *,
         commit: bool | None = None,
     ) -> None:
+        if app is not None:
+            check_app(app, "FlaskScopedSession(session_factory, app)")
+        if commit is not None:
+            check_flag(commit, "commit")
         self._flask_scope = AppContextScope()
         super().__init__(session_factory, scope=self._flask_scope)
         self._commit_default = commit
         if app is not None:
             self.init_app(app)
 
-    def init_app(self, app: Flask) -> None:
+    def init_app(self, app: Flask, *, bind: Engine | Connection | None = None) -> None:
         """Register on ``app``: its application contexts get sessions, and each
-        is closed when its context (or streamed response) is over."""
+        is closed when its context (or streamed response) is over.
+
+        :param app: the Flask app, typically made by an app factory.
+        :param bind: the app's SQLAlchemy engine (or connection): each session
+            made in a context of this app is made with ``bind=`` it (so the
+            factory must take ``bind``, as a sessionmaker does), which wins over
+            the factory's own bind; ``Session(bind=...)`` wins over both. It
+            stays yours to dispose.
+            Without it, the app's ``SCOPED_SESSION_DATABASE_URI`` config key, if
+            set, makes one with :func:`sqlalchemy.create_engine`, with the
+            keyword arguments in ``SCOPED_SESSION_ENGINE_OPTIONS``; that engine
+            is disposed when the app is garbage-collected. Neither: sessions are
+            made as the session factory makes them.
+        """
+        check_app(app, "init_app()")
+        if bind is not None:
+            bind = check_bind(bind)
         registered = app.extensions.setdefault(EXTENSION_KEY, {})
         if self in registered:
             raise ScopedSessionError(
@@ -234,8 +169,10 @@ class FlaskScopedSession(ScopedSession[S]):
         commit = self._commit_default
         if commit is None:
             commit = bool(app.config.get("SCOPED_SESSION_COMMIT", False))
-        registered[self] = _AppState(commit)
-        self._flask_scope.register(app)
+        if bind is None:
+            bind = configured_engine(app)
+        state = registered[self] = AppState(commit, bind)
+        self._flask_scope.register(app, state)
 
         # Plain handlers, not signals: a signal with receivers costs every
         # request of every app several microseconds. after_request handlers run
@@ -247,6 +184,45 @@ class FlaskScopedSession(ScopedSession[S]):
         app.after_request(after_request)
         app.teardown_appcontext(self._on_teardown)
 
+    def get_engine(self, app: Flask | None = None) -> Engine:
+        """The engine that ``app``'s sessions are bound to (the current app's by
+        default), for ``metadata.create_all()``, ``drop_all()`` and tests.
+
+        An app bound to a connection gives that connection's engine. Raises
+        :class:`NoScopeError` outside an application context when no ``app`` is
+        passed, and :class:`ScopedSessionError` for an app without an engine.
+        """
+        if app is None:
+            context = current_context()
+            if context is None:
+                raise NoScopeError(
+                    "No Flask application context is active, so there is no current app."
+                    " Pass the app, Session.get_engine(app), or push a context with"
+                    " 'app.app_context()'."
+                )
+            app = context.app
+        else:
+            check_app(app, "get_engine()")
+        state = self._flask_scope.state(app)
+        if state is None:
+            raise ScopedSessionError(
+                f"This FlaskScopedSession is not registered on the app {app.name!r}."
+                " Call Session.init_app(app, bind=engine) where the app is created."
+            )
+        if state.bind is None:
+            raise ScopedSessionError(
+                f"The app {app.name!r} has no engine of this FlaskScopedSession: its"
+                " sessions are made as the session factory makes them. Give it one with"
+                f" Session.init_app(app, bind=engine), or set app.config[{DATABASE_URI_KEY!r}]"
+                " before init_app()."
+            )
+        return state.bind.engine
+
+    @property
+    def engine(self) -> Engine:
+        """The current app's engine: :meth:`get_engine` with no app."""
+        return self.get_engine()
+
     # -- the end of a context ----------------------------------------------------
     # A context's cell belongs to the context, as a thread's cell belongs to its
     # thread: it is made on first use and emptied when the context is over. A
@@ -255,7 +231,7 @@ class FlaskScopedSession(ScopedSession[S]):
     def _after_request(self, response: Response, commit: bool) -> Response:
         """Commit a successful response's session before it is sent; hand the
         end of the context to a streamed response's ``close()``."""
-        context = _context()
+        context = current_context()
         if context is None:
             return response
         scope = self._flask_scope
@@ -291,7 +267,7 @@ class FlaskScopedSession(ScopedSession[S]):
     def _on_teardown(self, exc: BaseException | None) -> None:
         """The application context is being popped: close its session, unless
         this is the pop before a streamed body runs."""
-        context = _context()
+        context = current_context()
         if context is None:
             return
         found = context.__dict__

@@ -1,0 +1,227 @@
+"""The Flask extension's scope: a cell per application context, and what it keeps
+per app (whether requests commit, the app's engine). ``scoped_session.flask`` is
+the public module; this one is its implementation."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import typing as t
+import weakref
+
+from flask import Flask
+from flask.ctx import AppContext
+from flask.globals import app_ctx
+
+from ._arguments import sqlalchemy_module
+from ._cells import Cell, NoCell
+from ._exceptions import NoScopeError, ScopedSessionError
+from ._scopes import Scope
+
+if t.TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
+
+__all__ = [
+    "DATABASE_URI_KEY",
+    "ENGINE_OPTIONS_KEY",
+    "NO_CONTEXT",
+    "AppContextScope",
+    "AppState",
+    "check_app",
+    "check_bind",
+    "configured_engine",
+    "current_context",
+]
+
+
+#: Names the attributes that hold a FlaskScopedSession's cell and state on an
+#: application context. A counter, not ``id()``: an id is reused once its object
+#: is collected, a counter value never is.
+_numbers = itertools.count()
+
+#: The app config keys that make an app's engine when init_app() gets no ``bind``.
+DATABASE_URI_KEY = "SCOPED_SESSION_DATABASE_URI"
+ENGINE_OPTIONS_KEY = "SCOPED_SESSION_ENGINE_OPTIONS"
+
+NO_CONTEXT = (
+    "No Flask application context is active. Push one with 'app.app_context()'"
+    " or call this inside a request."
+)
+
+
+class AppState:
+    """What a FlaskScopedSession keeps per app in ``app.extensions``: whether its
+    requests commit, and the app's engine (or connection), if it has one."""
+
+    __slots__ = ("bind", "commit", "factory_kwargs")
+
+    def __init__(self, commit: bool, bind: Engine | Connection | None) -> None:
+        self.commit = commit
+        self.bind = bind
+        #: What the app's sessions are made with (see AppContextScope.factory_kwargs).
+        self.factory_kwargs: dict[str, t.Any] | None = None if bind is None else {"bind": bind}
+
+
+def check_app(app: object, call: str) -> Flask:
+    """``app`` if it is a Flask app, else a TypeError that says what to pass."""
+    if not isinstance(app, Flask):
+        raise TypeError(
+            f"{call} takes a Flask app, such as app = Flask(__name__); got an object"
+            f" of type {type(app).__name__}."
+        )
+    return app
+
+
+def check_bind(bind: object) -> Engine | Connection:
+    """``bind`` if it is a SQLAlchemy Engine or Connection, else a TypeError."""
+    # Without sqlalchemy.engine imported, nothing can be one of its engines.
+    engine = sys.modules.get("sqlalchemy.engine")
+    if engine is not None and isinstance(bind, engine.Engine | engine.Connection):
+        return t.cast("Engine | Connection", bind)
+    raise TypeError(
+        "init_app() takes bind=engine, a SQLAlchemy Engine (or Connection) such as"
+        f" sqlalchemy.create_engine(url); got an object of type {type(bind).__name__}."
+        f" To bind the app by URL, set app.config[{DATABASE_URI_KEY!r}] and leave bind out."
+    )
+
+
+def configured_engine(app: Flask) -> Engine | None:
+    """An engine made from ``app``'s config keys, disposed when the app is
+    collected (Flask has no shutdown hook), or None when none is configured."""
+    url = app.config.get(DATABASE_URI_KEY)
+    if url is None:
+        return None
+    sa = sqlalchemy_module("sqlalchemy", f"the config key {DATABASE_URI_KEY}")
+    # The URL itself is never in a message: it can hold a password.
+    if not isinstance(url, str | sa.URL):
+        raise TypeError(
+            f"app.config[{DATABASE_URI_KEY!r}] must be a database URL, a string such as"
+            f" 'sqlite:///app.db'; got an object of type {type(url).__name__}."
+        )
+    options = app.config.get(ENGINE_OPTIONS_KEY, {})
+    if not isinstance(options, t.Mapping):
+        raise TypeError(
+            f"app.config[{ENGINE_OPTIONS_KEY!r}] must be a dict of keyword arguments for"
+            " sqlalchemy.create_engine(), such as {'pool_size': 10}; got an object of"
+            f" type {type(options).__name__}."
+        )
+    engine: Engine = sa.create_engine(url, **options)
+    # The finalizer holds the engine, never the app.
+    weakref.finalize(app, dispose, engine, os.getpid())
+    return engine
+
+
+def dispose(engine: Engine, pid: int) -> None:
+    """Dispose of an engine the extension made. A fork child only drops the pool
+    it inherited: closing its connections would talk on the parent's sockets."""
+    engine.dispose(close=os.getpid() == pid)
+
+
+def current_context() -> AppContext | None:
+    """The current application context, or None."""
+    try:
+        # werkzeug's documented way to the object behind a proxy.
+        context: AppContext = app_ctx._get_current_object()  # type: ignore[attr-defined]
+        return context
+    except RuntimeError:  # outside any application context
+        return None
+
+
+class _FlaskSlot(NoCell):
+    """The Flask scope's slot: ``cell`` is the cell on the current context, or the
+    slot itself (which holds nothing) where there is none."""
+
+    __slots__ = ("_attr",)
+
+    def __init__(self, attr: str) -> None:
+        self._attr = attr
+
+    @property
+    def cell(self) -> Cell | NoCell:
+        return getattr(current_context(), self._attr, self)
+
+
+class AppContextScope(Scope):
+    """A scope whose cell lives on the current Flask application context.
+
+    The cell is an attribute of the ``AppContext`` object, so it lives and dies
+    with that context; cells are also tracked weakly for ``remove_all()``.
+    Sessions are made only in the contexts of the apps it was registered on.
+    """
+
+    kind = "flask"
+    hooked = True
+    # The context's end closes its session, always: nothing to warn about later.
+    records_origin = False
+
+    def __init__(self) -> None:
+        #: Marks the apps whose contexts get sessions, in their ``extensions``
+        #: (see :meth:`register`): the app keeps the mark, the scope no app.
+        self.key = f"scoped_session.scope.{next(_numbers)}"
+        super().__init__()
+
+    def reset(self) -> None:
+        super().reset()
+        # Fresh attribute names: after os.fork() a context inherited from the
+        # parent still carries the old attributes, which must now be invisible.
+        number = next(_numbers)
+        self.cell_attr = f"_scoped_session_cell_{number}"
+        self.state_attr = f"_scoped_session_state_{number}"
+        self.slot = _FlaskSlot(self.cell_attr)
+
+    def get(self) -> Cell | None:
+        context = current_context()
+        if context is None:
+            return None
+        cell: Cell | None = context.__dict__.get(self.cell_attr)
+        return cell
+
+    def install(self, cell: Cell | None) -> None:
+        context = current_context()
+        if cell is None:
+            if context is not None:
+                context.__dict__.pop(self.cell_attr, None)
+            return
+        if context is None:
+            raise NoScopeError(NO_CONTEXT)
+        self.track(cell)
+        setattr(context, self.cell_attr, cell)
+
+    def check(self) -> None:
+        # Before the factory runs: a session made outside any context, or in the
+        # context of an app nobody ends contexts for, would never be closed.
+        context = current_context()
+        if context is None:
+            raise NoScopeError(NO_CONTEXT)
+        if self.key not in context.app.extensions:
+            raise ScopedSessionError(
+                f"This FlaskScopedSession is not registered on the app {context.app.name!r}."
+                " Call Session.init_app(app) where the app is created."
+            )
+
+    def factory_kwargs(self) -> dict[str, t.Any] | None:
+        # Runs right after check(), which found the app's state.
+        context = current_context()
+        if context is None:
+            return None
+        state: AppState = context.app.extensions[self.key]
+        return state.factory_kwargs
+
+    def register(self, app: Flask, state: AppState) -> None:
+        """Let ``app``'s contexts get sessions, made as ``state`` says."""
+        app.extensions[self.key] = state
+
+    def state(self, app: Flask) -> AppState | None:
+        """What ``app`` was registered with, or None."""
+        state: AppState | None = app.extensions.get(self.key)
+        return state
+
+    def label(self) -> str:
+        return "an application context"
+
+    def take(self, context: AppContext) -> list[t.Any]:
+        """Take every session of ``context`` (its cell and the ones a unit left
+        open there shadowed), counted as removed."""
+        cell: Cell | None = context.__dict__.pop(self.cell_attr, None)
+        return [] if cell is None else cell.sessions()
