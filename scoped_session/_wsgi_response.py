@@ -30,7 +30,6 @@ __all__ = [
     "commit_all",
     "end_or_raise",
     "roll_back",
-    "where",
 ]
 
 logger = logging.getLogger("scoped_session")
@@ -40,43 +39,32 @@ Units = tuple[UnitOfWork[t.Any], ...]
 
 
 class Request:
-    """Names a request in messages: "the request GET /notes"."""
+    """Names a request in messages ("GET /notes"; with ``prefix``, "the request GET
+    /notes"), formatted only when one is written."""
 
-    __slots__ = ("environ",)
+    __slots__ = ("environ", "prefix")
 
-    def __init__(self, environ: WSGIEnvironment) -> None:
+    def __init__(self, environ: WSGIEnvironment, prefix: str = "") -> None:
         self.environ = environ
+        self.prefix = prefix
 
     def __str__(self) -> str:
         environ = self.environ
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        return f"the request {environ.get('REQUEST_METHOD', '?')} {path}"
-
-
-class where:
-    """Names a request in logs ("GET /notes"), formatted only when one is written."""
-
-    __slots__ = ("environ",)
-
-    def __init__(self, environ: WSGIEnvironment) -> None:
-        self.environ = environ
-
-    def __str__(self) -> str:
-        environ = self.environ
-        return f"{environ.get('REQUEST_METHOD', '?')} {environ.get('PATH_INFO', '')}"
+        return f"{self.prefix}{environ.get('REQUEST_METHOD', '?')} {path}"
 
 
 def end_or_raise(
     units: Units, commit: bool, environ: WSGIEnvironment, reaped: bool = False
 ) -> None:
     """End every unit by the policy; raise the failure (or a group of them)."""
-    end_units(units, commit=commit, where=where(environ), reaped=reaped)
+    end_units(units, commit=commit, where=Request(environ), reaped=reaped)
 
 
 def roll_back(units: Units, environ: WSGIEnvironment, error: BaseException) -> None:
     """Roll back and end every unit after the request failed with ``error``; their
     failures are logged, never raised, so that the request's own error propagates."""
-    end_units(units, commit=False, error=error, where=where(environ))
+    end_units(units, commit=False, error=error, where=Request(environ))
 
 
 def close_quietly(body: object) -> None:
@@ -165,7 +153,7 @@ class Response:
         try:
             if any(unit.active for unit in self._units):
                 warnings.warn(
-                    f"The response to {where(self._environ)} was garbage collected"
+                    f"The response to {Request(self._environ)} was garbage collected"
                     " without close(); its database sessions were closed now (rolled"
                     " back). A WSGI server must call close() on the response iterable"
                     " (PEP 3333).",
@@ -329,4 +317,4 @@ def commit_all(units: Units, environ: WSGIEnvironment) -> None:
     """Commit each unit's session in order, by the policy; the units stay open for
     the caller to end (a failed commit rolls the rest back there)."""
     sessions = [unit.session for unit in units if unit.session is not None]
-    end_sessions(sessions, commit=True, close=False, where=where(environ))
+    end_sessions(sessions, commit=True, close=False, where=Request(environ))

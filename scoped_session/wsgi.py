@@ -48,7 +48,6 @@ from ._wsgi_response import (
     close_quietly,
     end_or_raise,
     roll_back,
-    where,
 )
 
 if t.TYPE_CHECKING:
@@ -186,7 +185,7 @@ class ScopedSessionMiddleware:
 
 def _start(sessions: tuple[ScopedSession[t.Any], ...], environ: WSGIEnvironment) -> Units:
     # The label names the request in a reap warning, formatted only then.
-    label = Request(environ)
+    label = Request(environ, "the request ")
     if len(sessions) == 1:  # the common case: nothing to undo if it fails
         return (UnitOfWork(sessions[0], False, label).start(),)
     started: list[UnitOfWork[t.Any]] = []
@@ -208,8 +207,8 @@ def _end_stale(pending: tuple[list[bool], Units, WSGIEnvironment]) -> None:
         "The response to %s was never closed: the WSGI server did not call close() on"
         " it, so its database session stayed open until this thread's next request."
         " Closed it now (rolled back). Use a server that calls close() (PEP 3333).",
-        where(environ),
+        Request(environ),
     )
     # Each failure is logged by the policy; the new request must not fail for it.
     with contextlib.suppress(Exception):
-        end_units(stale, commit=False, where=where(environ), reaped=True)
+        end_units(stale, commit=False, where=Request(environ), reaped=True)
