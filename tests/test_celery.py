@@ -97,6 +97,7 @@ def _keep_root_log_level() -> t.Iterator[None]:
     logging.root.setLevel(level)
 
 
+@pytest.mark.slow
 def test_real_worker_unit_of_work_per_task(db: Database) -> None:
     app = make_app()
     Session: ScopedSession[SASession] = ScopedSession(sessionmaker(db.engine))

@@ -163,6 +163,7 @@ def measure(make: t.Callable[[], Registry], live: LiveThread) -> tuple[dict[str,
     return {kind: n - before[kind] for kind, n in after.items() if n > before[kind]}, growth
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scope", ["thread", "context", "scopefunc"])
 def test_dropped_registries_keep_no_memory(scope: str) -> None:
     live = LiveThread()

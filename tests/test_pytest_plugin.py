@@ -328,6 +328,7 @@ def test_writes_through_every_path_are_rolled_back(
     assert set(counts.values()) == {0}
 
 
+@pytest.mark.slow
 def test_each_xdist_worker_has_its_own_transaction(
     pytester: pytest.Pytester, target: Target
 ) -> None:
@@ -742,6 +743,7 @@ def create_app():
 """
 
 
+@pytest.mark.slow
 @needs_sqlalchemy
 @pytest.mark.skipif(not HAS_FLASK, reason="Flask is not installed (extra 'flask')")
 def test_the_readme_example(pytester: pytest.Pytester, tmp_path: Path) -> None:

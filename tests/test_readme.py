@@ -56,6 +56,7 @@ def demo_table(stdout: str) -> dict[str, tuple[str, str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_demo_runs(tmp_path: Path) -> None:
     pytest.importorskip("flask", reason="the demo runs a Flask app (extra 'flask')")
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}

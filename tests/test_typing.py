@@ -43,6 +43,8 @@ try:
 except ImportError:  # pragma: no cover - Windows: each xdist worker runs the checkers
     fcntl = None  # type: ignore[assignment]
 
+pytestmark = pytest.mark.slow  # each checker takes seconds
+
 pytest.importorskip(
     "sqlalchemy",
     reason="the typing cases compare with SQLAlchemy's registries; SQLAlchemy is not installed",
