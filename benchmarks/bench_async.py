@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
-import statistics
 import sys
 import time
 import typing as t
 
 import sqlalchemy as sa
+from _share import print_share
 from sqlalchemy.ext.asyncio import async_scoped_session, async_sessionmaker, create_async_engine
 
 from scoped_session.asyncio import AsyncScopedSession
@@ -156,26 +155,6 @@ async def query_share(rounds: int, number: int) -> list[list[float]]:
     return samples
 
 
-def print_share(title: str, ours: list[float], theirs: list[float], direct: list[float]) -> None:
-    """The query table: each variant's time per call (median round), and each proxy's
-    overhead: the median over rounds of its time minus the direct call's in the same
-    round (a proxy costs well under the rounds' spread, which a difference of two
-    bests or medians does not cancel), with the standard error of that median."""
-    print(f"\n{title}, medians (informational, no bar)\n")
-    print(f"{'':36} {'us/call':>8} {'proxy overhead':>15} {'of the query':>13}")
-    median_direct = statistics.median(direct)
-    print(f"{'session, no proxy':36} {median_direct / 1e3:8.2f}")
-    for name, times in (("through ours", ours), ("through SQLAlchemy's", theirs)):
-        diffs = [a - b for a, b in zip(times, direct, strict=True)]
-        q1, _, q3 = statistics.quantiles(diffs, n=4)
-        error = 0.93 * (q3 - q1) / math.sqrt(len(diffs))
-        overhead = statistics.median(diffs)
-        print(
-            f"{name:36} {statistics.median(times) / 1e3:8.2f} {overhead:6.0f} ±{error:5.0f}ns"
-            f" {overhead / median_direct:13.1%}"
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
@@ -205,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         through_ours,
         through_theirs,
         direct,
+        width=36,
     )
     return 1 if failed else 0
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import math
-import statistics
 import sys
 import threading
 import timeit
@@ -29,6 +27,7 @@ import tracemalloc
 import typing as t
 
 import sqlalchemy as sa
+from _share import print_share
 from sqlalchemy.orm import scoped_session as sa_scoped_session
 from sqlalchemy.orm import sessionmaker
 
@@ -73,26 +72,6 @@ def compare(ours: Variant, theirs: Variant, rounds: int, number: int) -> tuple[f
     """Best-of-rounds ns/call for ours and theirs, timed alternately."""
     o, s = time_rounds([ours, theirs], rounds, number)
     return min(o), min(s)
-
-
-def print_share(title: str, ours: list[float], theirs: list[float], direct: list[float]) -> None:
-    """The query table: each variant's time per call (median round), and each proxy's
-    overhead: the median over rounds of its time minus the direct call's in the same
-    round (a proxy costs well under the rounds' spread, which a difference of two
-    bests or medians does not cancel), with the standard error of that median."""
-    print(f"\n{title}, medians (informational, no bar)\n")
-    print(f"{'':32} {'us/call':>8} {'proxy overhead':>15} {'of the query':>13}")
-    median_direct = statistics.median(direct)
-    print(f"{'session, no proxy':32} {median_direct / 1e3:8.2f}")
-    for name, times in (("through ours", ours), ("through SQLAlchemy's", theirs)):
-        diffs = [a - b for a, b in zip(times, direct, strict=True)]
-        q1, _, q3 = statistics.quantiles(diffs, n=4)
-        error = 0.93 * (q3 - q1) / math.sqrt(len(diffs))
-        overhead = statistics.median(diffs)
-        print(
-            f"{name:32} {statistics.median(times) / 1e3:8.2f} {overhead:6.0f} ±{error:5.0f}ns"
-            f" {overhead / median_direct:13.1%}"
-        )
 
 
 def query_share(rounds: int, number: int) -> None:
