@@ -56,6 +56,14 @@ from ._arguments import check_flag
 from ._cells import EMPTY
 from ._ending import end_sessions
 from ._exceptions import NoScopeError, ScopedSessionError
+from ._flask_query import (
+    Pagination,
+    SessionLike,
+    first_or_404,
+    get_or_404,
+    one_or_404,
+    paginate,
+)
 from ._flask_scope import (
     DATABASE_URI_KEY,
     AppContextScope,
@@ -71,7 +79,15 @@ from ._registry import Closeable
 if t.TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
 
-__all__ = ["FlaskScopedSession"]
+__all__ = [
+    "FlaskScopedSession",
+    "Pagination",
+    "SessionLike",
+    "first_or_404",
+    "get_or_404",
+    "one_or_404",
+    "paginate",
+]
 
 
 S = t.TypeVar("S", bound=Closeable)
