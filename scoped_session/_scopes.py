@@ -70,9 +70,9 @@ class Scope:
     #: by an integration has no use for it).
     records_origin: bool = True
     slot: t.Any
+    tracked: CellTracker
 
     def __init__(self) -> None:
-        self.tracked = CellTracker()
         self.reset()
 
     def reset(self) -> None:

@@ -43,6 +43,7 @@ __all__ = [
 logger = logging.getLogger("scoped_session")
 
 Task = asyncio.Task[t.Any]
+R = t.TypeVar("R")
 
 
 class ConcurrentUseWarning(RuntimeWarning):
@@ -322,9 +323,9 @@ def busy_elsewhere(cell: AsyncCell, me: Task, session: object) -> Task | None:
     return None
 
 
-async def run_to_end(awaitable: t.Awaitable[object]) -> None:
+async def run_to_end(awaitable: t.Awaitable[R]) -> R:
     """Await ``awaitable`` to its end even if the caller is cancelled meanwhile,
-    then re-raise that cancellation.
+    then re-raise that cancellation; else return its result.
 
     Under anyio a cancelled scope cancels the waiting task again on every loop
     iteration: each one is caught here until the work is done.
@@ -345,4 +346,4 @@ async def run_to_end(awaitable: t.Awaitable[object]) -> None:
         if failure is not None:
             logger.error("Ending a unit of work failed while cancelled.", exc_info=failure)
         raise cancelled
-    inner.result()
+    return inner.result()

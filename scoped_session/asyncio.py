@@ -254,10 +254,10 @@ class AsyncUnitOfWork(UnitBase[AS]):
             if busy is not None and not scope.strict:
                 scope.report(busy)
         wanted = self.commit if commit is None else commit
-        ending = await _run_to_end(
+        ending = await run_to_end(
             end_sessions_async([session], commit=wanted, error=error, where=self.where)
         )
-        self.committed = bool(ending and ending.committed)
+        self.committed = ending.committed > 0
         if busy is not None and isinstance(scope, TaskScope):
             scope.report(busy)  # strict: raised once the unit is over
 
@@ -298,10 +298,3 @@ class AsyncUnitOfWork(UnitBase[AS]):
             return result
 
         return t.cast("F", wrapper)
-
-
-async def _run_to_end(awaitable: t.Awaitable[t.Any]) -> t.Any:
-    """:func:`run_to_end` that returns the awaitable's result."""
-    task = asyncio.ensure_future(awaitable)
-    await run_to_end(task)
-    return task.result()
