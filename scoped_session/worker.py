@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from types import TracebackType
 
 from ._arguments import check_flag, registries
+from ._cells import describe
 from ._ending import end_sessions
 from ._fork import dispose_engines_after_fork
 from ._proxy import ScopedSession
@@ -92,10 +93,6 @@ class _ThreadUnits:
             return True
         finally:
             self.running.release()
-
-
-def _job_name(fn: t.Callable[..., t.Any]) -> str:
-    return f"the job {getattr(fn, '__qualname__', type(fn).__qualname__)}"
 
 
 def _one_session_job(scoped: ScopedSession[t.Any], fn: t.Callable[..., T]) -> t.Callable[..., T]:
@@ -262,9 +259,9 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
                 units.append(UnitOfWork(scoped, self._commit, fn).start())
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            end_units(units, commit=self._commit, error=exc, where=_job_name(fn))
+            end_units(units, commit=self._commit, error=exc, where=describe(fn))
             raise
-        end_units(units, commit=self._commit, where=_job_name(fn))
+        end_units(units, commit=self._commit, where=describe(fn))
         return result
 
     def _end_job(self, units: list[UnitOfWork[t.Any]], error: BaseException | None) -> None:
