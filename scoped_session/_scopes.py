@@ -52,9 +52,8 @@ class Scope:
     kept (:attr:`slot`, :meth:`get`, :meth:`install`); the rest has defaults.
 
     The proxy's hot path reads ``scope.slot.cell.session``: ``slot`` is an object
-    whose ``cell`` attribute is the caller's cell, :data:`EMPTY` when there is
-    none (or, the first time a thread asks a ``threading.local``, the read raises
-    ``AttributeError``).
+    whose ``cell`` attribute is the caller's cell, or an object that holds no
+    session (:data:`EMPTY`) when there is none. The read never raises.
     """
 
     #: Named by ``scope_kind`` and in messages.
@@ -144,6 +143,13 @@ class Scope:
         return self.tracked.snapshot()
 
 
+class _ThreadSlot(threading.local):
+    """The thread scope's slot. A thread that never set ``cell`` reads the class
+    attribute, so the first read in a new thread needs no ``try``."""
+
+    cell: Cell | NoCell = EMPTY
+
+
 class ThreadScope(Scope):
     """One cell per OS thread, in a ``threading.local``.
 
@@ -156,11 +162,11 @@ class ThreadScope(Scope):
 
     def reset(self) -> None:
         super().reset()
-        self.slot = threading.local()
+        self.slot = _ThreadSlot()
 
     def get(self) -> Cell | None:
-        cell: Cell | None = getattr(self.slot, "cell", None)
-        return None if cell is EMPTY else cell
+        cell = self.slot.cell
+        return cell if cell.is_cell else None
 
     def install(self, cell: Cell | None) -> None:
         if cell is None:
@@ -289,10 +295,11 @@ class _KeyedSlot(NoCell):
         # The proxy's hot path: the dict lookup hashes the key anyway.
         key = self.scopefunc()
         try:
-            cell: Cell | NoCell = self.cells.get(key, EMPTY)
+            return self.cells[key]
+        except KeyError:  # the slot itself holds nothing
+            return self
         except TypeError:
             raise self.unhashable(key) from None
-        return cell
 
 
 class KeyedScope(Scope):

@@ -548,172 +548,222 @@ else:
     class SessionProxy:
         """The forwarders that run, each a scope read and one call.
 
-        A subclass provides ``_current()``, which returns the caller's session (made on first
-        use), and the classmethod ``_session_class()``, which returns
-        :class:`sqlalchemy.orm.Session` (imported on first use).
+        A subclass provides ``_slot``, whose ``cell.session`` is the caller's session or
+        ``None``, ``_create({})``, which makes it, and the classmethod ``_session_class()``,
+        which returns :class:`sqlalchemy.orm.Session` (imported on first use). Each member reads
+        the session as ``Registry._current()`` does, inline: the call would be most of a
+        forwarder's cost.
         """
 
         __slots__ = ()
 
         def __contains__(self, instance):
-            return instance in self._current()
+            session = self._slot.cell.session or self._create({})
+            return instance in session
 
         def __iter__(self):
-            return iter(self._current())
+            session = self._slot.cell.session or self._create({})
+            return iter(session)
 
         def add(self, /, *args, **kwargs):
-            return self._current().add(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.add(*args, **kwargs)
 
         def add_all(self, /, *args, **kwargs):
-            return self._current().add_all(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.add_all(*args, **kwargs)
 
         def begin(self, /, *args, **kwargs):
-            return self._current().begin(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.begin(*args, **kwargs)
 
         def begin_nested(self):
-            return self._current().begin_nested()
+            session = self._slot.cell.session or self._create({})
+            return session.begin_nested()
 
         def close(self):
-            return self._current().close()
+            session = self._slot.cell.session or self._create({})
+            return session.close()
 
         def reset(self):
-            return self._current().reset()
+            session = self._slot.cell.session or self._create({})
+            return session.reset()
 
         def commit(self):
-            return self._current().commit()
+            session = self._slot.cell.session or self._create({})
+            return session.commit()
 
         def connection(self, /, *args, **kwargs):
-            return self._current().connection(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.connection(*args, **kwargs)
 
         def delete(self, /, *args, **kwargs):
-            return self._current().delete(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.delete(*args, **kwargs)
 
         def delete_all(self, /, *args, **kwargs):
-            return self._current().delete_all(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.delete_all(*args, **kwargs)
 
         def execute(self, /, *args, **kwargs):
-            return self._current().execute(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.execute(*args, **kwargs)
 
         def expire(self, /, *args, **kwargs):
-            return self._current().expire(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.expire(*args, **kwargs)
 
         def expire_all(self):
-            return self._current().expire_all()
+            session = self._slot.cell.session or self._create({})
+            return session.expire_all()
 
         def expunge(self, /, *args, **kwargs):
-            return self._current().expunge(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.expunge(*args, **kwargs)
 
         def expunge_all(self):
-            return self._current().expunge_all()
+            session = self._slot.cell.session or self._create({})
+            return session.expunge_all()
 
         def flush(self, /, *args, **kwargs):
-            return self._current().flush(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.flush(*args, **kwargs)
 
         def get(self, /, *args, **kwargs):
-            return self._current().get(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.get(*args, **kwargs)
 
         def get_one(self, /, *args, **kwargs):
-            return self._current().get_one(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.get_one(*args, **kwargs)
 
         def get_bind(self, /, *args, **kwargs):
-            return self._current().get_bind(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.get_bind(*args, **kwargs)
 
         def is_modified(self, /, *args, **kwargs):
-            return self._current().is_modified(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.is_modified(*args, **kwargs)
 
         def bulk_save_objects(self, /, *args, **kwargs):
-            return self._current().bulk_save_objects(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.bulk_save_objects(*args, **kwargs)
 
         def bulk_insert_mappings(self, /, *args, **kwargs):
-            return self._current().bulk_insert_mappings(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.bulk_insert_mappings(*args, **kwargs)
 
         def bulk_update_mappings(self, /, *args, **kwargs):
-            return self._current().bulk_update_mappings(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.bulk_update_mappings(*args, **kwargs)
 
         def merge(self, /, *args, **kwargs):
-            return self._current().merge(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.merge(*args, **kwargs)
 
         def merge_all(self, /, *args, **kwargs):
-            return self._current().merge_all(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.merge_all(*args, **kwargs)
 
         def query(self, /, *args, **kwargs):
-            return self._current().query(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.query(*args, **kwargs)
 
         def refresh(self, /, *args, **kwargs):
-            return self._current().refresh(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.refresh(*args, **kwargs)
 
         def rollback(self):
-            return self._current().rollback()
+            session = self._slot.cell.session or self._create({})
+            return session.rollback()
 
         def scalar(self, /, *args, **kwargs):
-            return self._current().scalar(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.scalar(*args, **kwargs)
 
         def scalars(self, /, *args, **kwargs):
-            return self._current().scalars(*args, **kwargs)
+            session = self._slot.cell.session or self._create({})
+            return session.scalars(*args, **kwargs)
 
         @property
         def bind(self):
-            return self._current().bind
+            session = self._slot.cell.session or self._create({})
+            return session.bind
 
         @bind.setter
         def bind(self, value):
-            self._current().bind = value
+            session = self._slot.cell.session or self._create({})
+            session.bind = value
 
         @property
         def binds(self):
-            return self._current().binds
+            session = self._slot.cell.session or self._create({})
+            return session.binds
 
         @binds.setter
         def binds(self, value):
-            self._current().binds = value
+            session = self._slot.cell.session or self._create({})
+            session.binds = value
 
         @property
         def dirty(self):
-            return self._current().dirty
+            session = self._slot.cell.session or self._create({})
+            return session.dirty
 
         @property
         def deleted(self):
-            return self._current().deleted
+            session = self._slot.cell.session or self._create({})
+            return session.deleted
 
         @property
         def new(self):
-            return self._current().new
+            session = self._slot.cell.session or self._create({})
+            return session.new
 
         @property
         def identity_map(self):
-            return self._current().identity_map
+            session = self._slot.cell.session or self._create({})
+            return session.identity_map
 
         @identity_map.setter
         def identity_map(self, value):
-            self._current().identity_map = value
+            session = self._slot.cell.session or self._create({})
+            session.identity_map = value
 
         @property
         def is_active(self):
-            return self._current().is_active
+            session = self._slot.cell.session or self._create({})
+            return session.is_active
 
         @property
         def autoflush(self):
-            return self._current().autoflush
+            session = self._slot.cell.session or self._create({})
+            return session.autoflush
 
         @autoflush.setter
         def autoflush(self, value):
-            self._current().autoflush = value
+            session = self._slot.cell.session or self._create({})
+            session.autoflush = value
 
         @property
         def no_autoflush(self):
-            return self._current().no_autoflush
+            session = self._slot.cell.session or self._create({})
+            return session.no_autoflush
 
         @property
         def info(self):
-            return self._current().info
+            session = self._slot.cell.session or self._create({})
+            return session.info
 
         @property
         def execution_options(self):
-            return self._current().execution_options
+            session = self._slot.cell.session or self._create({})
+            return session.execution_options
 
         @execution_options.setter
         def execution_options(self, value):
-            self._current().execution_options = value
+            session = self._slot.cell.session or self._create({})
+            session.execution_options = value
 
         @classmethod
         def object_session(cls, /, *args, **kwargs):

@@ -23,7 +23,7 @@ import typing as t
 import warnings
 import weakref
 
-from ._cells import EMPTY, Cell, Stats
+from ._cells import Cell, NoCell, Stats
 from ._exceptions import ConcurrentUseError
 from ._scopes import KeyedScope, Scope
 
@@ -177,6 +177,28 @@ def _reap_at_task_end(cell: AsyncCell, task: Task) -> None:
         _spawn_close(session, f"its task {task.get_name()} ended")
 
 
+class _TaskSlot(NoCell):
+    """The task scope's slot: ``cell`` is the caller's cell when the caller is
+    the one task that may use it without checks (its gate), else the slot itself,
+    which holds nothing: the registry then takes the slow path, which checks."""
+
+    __slots__ = ("var",)
+
+    def __init__(self, var: contextvars.ContextVar[AsyncCell | None]) -> None:
+        self.var = var
+
+    @property
+    def cell(self) -> Cell | NoCell:
+        cell = self.var.get()
+        if cell is not None:
+            try:
+                if cell.gate is asyncio.current_task():
+                    return cell
+            except RuntimeError:  # no running event loop
+                pass
+        return self
+
+
 class TaskScope(Scope):
     """Cells per asyncio task: a session made outside a unit belongs to its task;
     a unit's session is shared with the tasks started inside it while it is open.
@@ -196,8 +218,7 @@ class TaskScope(Scope):
     def reset(self) -> None:
         super().reset()
         self.var = contextvars.ContextVar("scoped_session_task_cell", default=None)
-        # Unused: AsyncScopedSession reads the variable itself (see its _current).
-        self.slot = EMPTY
+        self.slot = _TaskSlot(self.var)
 
     def get(self) -> Cell | None:
         return self.var.get()

@@ -115,9 +115,6 @@ class AsyncScopedSession(Registry[AS], AsyncSessionProxy):
             # leaves behind (a dict keyed by tasks would keep them).
             scopefunc = None
         super().__init__(session_factory, scopefunc, scope=scope)
-        task_scope = self._scope if isinstance(self._scope, TaskScope) else None
-        # The fast path reads the task scope's variable itself (see _current).
-        self._task_var = None if task_scope is None else task_scope.var
 
     def _factory_hint(self) -> str:
         return "sqlalchemy.ext.asyncio.async_sessionmaker(engine)"
@@ -148,28 +145,6 @@ class AsyncScopedSession(Registry[AS], AsyncSessionProxy):
             "sqlalchemy.ext.asyncio", f"{cls.__name__}.object_session() or identity_key()"
         )
         return t.cast("type[t.Any]", module.AsyncSession)
-
-    def _reset(self) -> None:
-        super()._reset()
-        if self._task_var is not None:
-            self._task_var = t.cast("TaskScope", self._scope).var
-
-    def _current(self) -> AS:
-        var = self._task_var
-        if var is None:
-            return super()._current()
-        # The task scope's fast path: the caller's own live cell needs no checks.
-        cell = var.get()
-        if cell is not None:
-            try:
-                mine = cell.gate is asyncio.current_task()
-            except RuntimeError:  # no running event loop
-                mine = False
-            if mine:
-                session: AS | None = cell.session
-                if session is not None:
-                    return session
-        return self._create({})
 
     async def remove(self) -> None:
         """Close the caller's session, if any, and forget it.

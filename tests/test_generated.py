@@ -315,18 +315,35 @@ class Recorder:
         return iter(["first", "second"])
 
 
+class _ProbeSlot:
+    """A slot whose cell holds the probe's session; counts the reads."""
+
+    def __init__(self, probe: _Probe) -> None:
+        self.probe = probe
+
+    @property
+    def cell(self) -> _ProbeSlot:
+        self.probe.current_calls += 1
+        return self
+
+    @property
+    def session(self) -> object:
+        return self.probe.session
+
+
 class _Probe:
-    """The registry's side of the contract: ``_current()`` and ``_session_class()``."""
+    """The registry's side of the contract: ``_slot``, ``_create()`` and
+    ``_session_class()``."""
 
     session_class: t.ClassVar[object] = None
 
     def __init__(self, session: object) -> None:
         self.session = session
         self.current_calls = 0
+        self._slot = _ProbeSlot(self)
 
-    def _current(self) -> object:
-        self.current_calls += 1
-        return self.session
+    def _create(self, kw: dict[str, object]) -> object:
+        raise AssertionError("the probe's session is always there")
 
     @classmethod
     def _session_class(cls) -> object:

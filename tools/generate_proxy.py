@@ -611,39 +611,43 @@ def _forwarders_class(kind: Kind, members: list[Member]) -> list[str]:
         *_docstring(
             "The forwarders that run, each a scope read and one call.",
             indent,
-            "A subclass provides ``_current()``, which returns the caller's session (made on "
-            "first use), and the classmethod ``_session_class()``, which returns "
-            f":class:`{kind.public_path}` (imported on first use).",
+            "A subclass provides ``_slot``, whose ``cell.session`` is the caller's session or "
+            "``None``, ``_create({})``, which makes it, and the classmethod "
+            f"``_session_class()``, which returns :class:`{kind.public_path}` (imported on "
+            "first use). Each member reads the session as ``Registry._current()`` does, "
+            "inline: the call would be most of a forwarder's cost.",
         ),
         "",
         f"{indent}__slots__ = ()",
     ]
+    # Registry._current(), inline: the call would be most of a forwarder's cost.
+    read = f"{body}session = self._slot.cell.session or self._create({{}})"
     for member in members:
         name = member.name
         lines.append("")
         if member.kind == "property":
-            lines += [f"{indent}@property", f"{indent}def {name}(self):"]
-            lines.append(f"{body}return self._current().{name}")
+            lines += [f"{indent}@property", f"{indent}def {name}(self):", read]
+            lines.append(f"{body}return session.{name}")
             if member.setter_type is not None:
                 lines += ["", f"{indent}@{name}.setter", f"{indent}def {name}(self, value):"]
-                lines.append(f"{body}self._current().{name} = value")
+                lines += [read, f"{body}session.{name} = value"]
         elif member.kind == "classmethod":
             lines += [f"{indent}@classmethod", f"{indent}def {name}(cls, /, *args, **kwargs):"]
             lines.append(f"{body}return cls._session_class().{name}(*args, **kwargs)")
         elif name == "__contains__":
-            lines += [f"{indent}def __contains__(self, instance):"]
-            lines.append(f"{body}return instance in self._current()")
+            lines += [f"{indent}def __contains__(self, instance):", read]
+            lines.append(f"{body}return instance in session")
         elif name == "__iter__":
-            lines += [f"{indent}def __iter__(self):", f"{body}return iter(self._current())"]
+            lines += [f"{indent}def __iter__(self):", read, f"{body}return iter(session)"]
         elif name.startswith("__"):
             raise GeneratorError(f"No forwarder written for the special method {name}.")
         elif len(_signature(member.functions[-1]).parameters) == 1:
             # Nothing to pass on but self: a plain call is the arguments as given,
             # and much cheaper than a star call (no tuple, no dict, no slow path).
-            lines += [f"{indent}def {name}(self):", f"{body}return self._current().{name}()"]
+            lines += [f"{indent}def {name}(self):", read, f"{body}return session.{name}()"]
         else:
-            lines += [f"{indent}def {name}(self, /, *args, **kwargs):"]
-            lines.append(f"{body}return self._current().{name}(*args, **kwargs)")
+            lines += [f"{indent}def {name}(self, /, *args, **kwargs):", read]
+            lines.append(f"{body}return session.{name}(*args, **kwargs)")
     return lines
 
 
