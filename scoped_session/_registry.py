@@ -213,17 +213,22 @@ class Registry(t.Generic[S]):
         session: S = self._slot.cell.session or self._create({})
         return session
 
-    def _caller_cell(self) -> Cell | None:
-        """The caller's live cell, or None: read through the slot, as the proxy
-        does, unless the scope needs its own lookup (units ended elsewhere, a
-        scope with hooks)."""
-        scope = self._scope
-        if scope.hooked:
-            return scope.resolve()
+    def _caller_cell(self) -> tuple[Cell | None, bool]:
+        """The caller's live cell (or None), and whether the scope must check the
+        caller's use of it with :meth:`Scope.claim`.
+
+        Read through the slot, as the proxy does: a live cell found there is the
+        caller's own and needs no check (a task scope's slot shows a cell only to
+        the one task that may use it unchecked). Otherwise a hooked scope looks
+        the cell up itself, and so does any scope for a unit ended elsewhere.
+        """
         cell = self._slot.cell
-        if cell.ended:
-            return scope.resolve()
-        return cell if cell.is_cell else None
+        if cell.is_cell and not cell.ended:
+            return cell, False
+        scope = self._scope
+        if scope.hooked or cell.ended:
+            return scope.resolve(), scope.hooked
+        return None, False
 
     def _create(self, kw: dict[str, t.Any]) -> S:
         lock = self._create_lock
@@ -234,12 +239,12 @@ class Registry(t.Generic[S]):
 
     def _make(self, kw: dict[str, t.Any]) -> S:
         scope = self._scope
-        cell = self._caller_cell()
+        cell, checked = self._caller_cell()
         if cell is not None and cell.session is not None:
             if kw:
                 raise already_present()
             found: S = cell.session
-            if scope.hooked:
+            if checked:
                 scope.claim(cell, found)
             return found
         implicit = cell is None or not cell.depth
@@ -272,7 +277,7 @@ class Registry(t.Generic[S]):
         if cell is None:
             cell = scope.new_cell(self._stats, None, 0, scope.label())
             scope.install(cell)
-        elif scope.hooked:
+        elif checked:
             scope.claim(cell, None)
         if implicit and cell.origin is None and scope.records_origin:
             cell.origin = _caller_origin()
@@ -283,12 +288,12 @@ class Registry(t.Generic[S]):
     def _take(self) -> S | None:
         """Take the caller's session out of its cell without closing it; a cell
         outside any unit of work is released."""
-        cell = self._caller_cell()
+        cell, checked = self._caller_cell()
         if cell is None:
             return None
         session: S | None = cell.take()
         scope = self._scope
-        if session is not None and scope.hooked:
+        if session is not None and checked:
             scope.claim(cell, session)
         if not cell.depth:
             scope.release(cell)
