@@ -22,7 +22,8 @@ def check_flag(value: object, name: str) -> bool:
 
 def registries(value: object, what: str, cls: type[t.Any] | None = None) -> tuple[t.Any, ...]:
     """Validate the registries an integration was given: one registry or a non-empty
-    sequence of them, each once, of ``cls`` (``Registry`` by default)."""
+    sequence of them, each once, of ``cls`` (``Registry`` by default), none of them a
+    FlaskScopedSession (whose sessions only Flask's application context ends)."""
     from ._registry import Registry
 
     kind = Registry if cls is None else cls
@@ -45,6 +46,15 @@ def registries(value: object, what: str, cls: type[t.Any] | None = None) -> tupl
                 f"{what} takes {name} objects; the list holds an object of type"
                 f" {type(item).__name__}. Wrap the factory first:"
                 f" Session = {name}(sessionmaker(engine))."
+            )
+    for item in found:
+        if item.scope_kind == "flask":
+            raise TypeError(
+                f"{what} cannot end a FlaskScopedSession's sessions: they live on"
+                " Flask's application context, which only Flask's request handling"
+                f" opens and ends. Give {what} a ScopedSession of its own"
+                " (ScopedSession(sessionmaker(engine))), or push 'app.app_context()'"
+                " in the work and let the FlaskScopedSession end it there."
             )
     if len(set(map(id, found))) != len(found):
         raise ValueError(f"The same {kind.__name__} was passed to {what} twice; pass each once.")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import typing as t
 
+from ._arguments import check_flag
 from ._ending import end_sessions
 from ._registry import Closeable, Registry, SessionStats
 from ._session_api import SessionProxy
@@ -97,6 +98,7 @@ class ScopedSession(Registry[S], SessionProxy):
                 "scope() takes commit=True/False, not a function: decorate with"
                 " @Session.scope() (with parentheses)."
             )
+        check_flag(commit, "commit")
         return UnitOfWork(self, commit)
 
     def query_property(self, query_cls: type[Query[_T]] | None = None) -> QueryPropertyDescriptor:

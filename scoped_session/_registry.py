@@ -169,8 +169,9 @@ class Registry(t.Generic[S]):
 
     def _check_factory(self, factory: object) -> None:
         """Refuse a factory whose sessions this registry cannot close (an async
-        registry given sync sessions, or the reverse), where it says its class."""
-        cls = getattr(factory, "class_", None)
+        registry given sync sessions, or the reverse), where it says its class: a
+        sessionmaker's ``class_``, or the factory itself when it is a class."""
+        cls = factory if isinstance(factory, type) else getattr(factory, "class_", None)
         if isinstance(cls, type) and _closes_async(cls) != self._ASYNC:
             raise TypeError(self._wrong_kind())
 

@@ -152,15 +152,16 @@ class Response:
             return
         try:
             if any(unit.active for unit in self._units):
-                warnings.warn(
+                message = (
                     f"The response to {Request(self._environ)} was garbage collected"
                     " without close(); its database sessions were closed now (rolled"
                     " back). A WSGI server must call close() on the response iterable"
-                    " (PEP 3333).",
-                    ResourceWarning,
-                    source=self,
-                    stacklevel=1,
+                    " (PEP 3333): use a server that does, or call close() on the"
+                    " response where it is consumed."
                 )
+                # Logged as well: a ResourceWarning is hidden by default.
+                logger.warning("%s", message)
+                warnings.warn(message, ResourceWarning, source=self, stacklevel=1)
         finally:
             try:
                 self._close(False, reaped=True)

@@ -193,6 +193,7 @@ class AsyncScopedSession(Registry[AS], AsyncSessionProxy):
                 "scope() takes commit=True/False, not a function: decorate with"
                 " @Session.scope() (with parentheses)."
             )
+        check_flag(commit, "commit")
         return AsyncUnitOfWork(self, commit)
 
 

@@ -15,7 +15,7 @@ import warnings
 import weakref
 
 import pytest
-from fakes import HAS_SQLALCHEMY, AsyncTrivialSession
+from fakes import HAS_SQLALCHEMY, AsyncTrivialSession, TrivialSession
 
 from scoped_session import ScopedSessionError, SessionAlreadyPresent
 from scoped_session._tasks import drain_closing
@@ -694,6 +694,10 @@ def test_bad_arguments_say_what_to_do() -> None:
         Session.scope(lambda: None)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="coroutine functions"):
         Session.scope()(lambda: None)
+    with pytest.raises(TypeError, match="commit must be True or False"):
+        Session.scope(commit="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="factory of sync sessions"):
+        AsyncScopedSession(TrivialSession)  # type: ignore[type-var]
 
 
 def test_a_unit_cannot_start_twice() -> None:

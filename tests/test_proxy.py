@@ -321,6 +321,19 @@ def test_scope_decorator_needs_parentheses(Session: ScopedSession[TrivialSession
         Session.scope(lambda: None)  # type: ignore[arg-type]
 
 
+def test_scope_commit_must_be_a_bool(Session: ScopedSession[TrivialSession]) -> None:
+    with pytest.raises(TypeError, match="commit must be True or False, not an object of type str"):
+        Session.scope(commit="yes")  # type: ignore[arg-type]
+    assert not Session.registry.has()
+
+
+def test_a_session_class_of_the_other_kind_is_refused_when_passed() -> None:
+    from fakes import AsyncTrivialSession
+
+    with pytest.raises(TypeError, match="factory of async sessions"):
+        ScopedSession(AsyncTrivialSession)
+
+
 def test_failed_commit_raises_and_still_closes() -> None:
     Session = ScopedSession(FailingCommit)
     with pytest.raises(OSError, match="commit failed"), Session.scope(commit=True) as session:

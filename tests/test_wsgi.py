@@ -393,7 +393,9 @@ def test_close_from_another_thread_with_sqlalchemy(db: Database) -> None:
 # -- backstops for servers that never call close() ----------------------------------
 
 
-def test_an_unclosed_response_that_is_collected_ends_its_unit_with_a_resource_warning() -> None:
+def test_an_unclosed_response_that_is_collected_ends_its_unit_with_a_resource_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     rec = Recorder()
     Session = rec.Session
 
@@ -404,8 +406,15 @@ def test_an_unclosed_response_that_is_collected_ends_its_unit_with_a_resource_wa
 
     response = ScopedSessionMiddleware(app, Session)(make_environ("/lost"), Server().start_response)
     assert list(response) == [b"a"]
-    with pytest.warns(ResourceWarning, match=r"GET /lost was garbage collected without close"):
+    with (
+        pytest.warns(ResourceWarning, match=r"GET /lost was garbage collected without close"),
+        caplog.at_level(logging.WARNING, logger="scoped_session"),
+    ):
         del response  # CPython finalizes it here: nothing else refers to it
+    # Logged too, saying what to do: a ResourceWarning is hidden by default.
+    [record] = [r for r in caplog.records if "garbage collected" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert "call close() on the response" in record.getMessage()
     assert [s.closed for s in rec.made] == [1]
     assert not Session.registry.has()
     assert Session.stats().reaped == 1  # closed by a backstop
@@ -1004,3 +1013,16 @@ def test_the_example_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         assert engine.pool.checkedout() == 0
     finally:
         engine.dispose()
+
+
+def test_a_flask_scoped_session_is_refused() -> None:
+    flask_module = pytest.importorskip("scoped_session.flask")
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterator[bytes]:
+        return iter([])
+
+    Session = flask_module.FlaskScopedSession(TrivialSession)
+    with pytest.raises(TypeError, match="cannot end a FlaskScopedSession's sessions"):
+        ScopedSessionMiddleware(app, Session)
+    with pytest.raises(TypeError, match="Give ScopedSessionMiddleware\\(\\) a ScopedSession"):
+        ScopedSessionMiddleware(app, ScopedSession(TrivialSession), Session)
