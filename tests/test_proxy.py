@@ -543,9 +543,10 @@ def test_a_subclass_override_survives_a_custom_key() -> None:
 
 def test_factory_returning_none_is_a_clear_error() -> None:
     Session: ScopedSession[t.Any] = ScopedSession(lambda: None)
-    with pytest.raises(TypeError, match="returned None"):
+    with pytest.raises(TypeError, match="returned None; it must return a new session"):
         Session()
     assert not Session.registry.has()
+    assert Session.stats() == (0, 0, 0, 0)  # nothing was made, nothing is owed
 
 
 def test_settable_names_set_the_sessions_attribute(
