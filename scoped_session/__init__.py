@@ -23,6 +23,9 @@ from ._proxy import QueryProperty, ScopedSession, SessionStats, UnitOfWork, scop
 if t.TYPE_CHECKING:
     from .asyncio import AsyncScopedSession, AsyncUnitOfWork
 
+# The one place the version is written: pyproject.toml reads it from here.
+__version__ = "0.1.0"
+
 __all__ = [
     "AsyncScopedSession",
     "AsyncUnitOfWork",
@@ -35,6 +38,7 @@ __all__ = [
     "SessionAlreadyPresent",
     "SessionStats",
     "UnitOfWork",
+    "__version__",
     "scoped_session",
 ]
 
