@@ -144,6 +144,121 @@ def test_real_worker_unit_of_work_per_task(db: Database) -> None:
     assert db.idle_in_transaction() == 0
 
 
+class SeenAtSuccess:
+    """How many notes another connection sees when Celery sends ``task_success``:
+    the signal comes after the result is stored, so a task committed before
+    that shows its note here."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.counts: list[int] = []
+
+    def __call__(self, sender: t.Any = None, **kw: t.Any) -> None:
+        with self.engine.connect() as conn:
+            self.counts.append(conn.execute(sa.select(sa.func.count(Note.id))).scalar_one())
+
+
+@pytest.mark.slow
+def test_commit_decides_the_task_state(db: Database) -> None:
+    app = make_app()
+    Session: ScopedSession[SASession] = ScopedSession(sessionmaker(db.engine))
+    init_celery(app, Session, commit=True)
+    with Session.scope(commit=True):
+        Session.add(Note(text="taken"))
+
+    @task(app, "add_unflushed")
+    def add_unflushed(text: str) -> str:
+        Session.add(Note(text=text))  # inserted by the commit, after the body returned
+        return text
+
+    @task(
+        app,
+        "retried_on_commit",
+        bind=True,
+        autoretry_for=(sa.exc.IntegrityError,),
+        max_retries=2,
+        retry_kwargs={"countdown": 0},
+    )
+    def retried_on_commit(self: t.Any, text: str) -> str:
+        # The first attempt's commit hits the unique constraint; the retry policy
+        # of the task covers errors of the commit too.
+        Session.add(Note(text="taken" if self.request.retries == 0 else text))
+        return text
+
+    seen = SeenAtSuccess(db.engine)
+    signals.task_success.connect(seen, weak=False)
+    try:
+        with start_worker(
+            app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=WAIT
+        ):
+            ok = add_unflushed.delay("fresh")
+            assert ok.get(timeout=WAIT) == "fresh"
+            duplicate = add_unflushed.delay("taken")
+            with pytest.raises(Exception) as failed:  # noqa: PT011 - any IntegrityError
+                duplicate.get(timeout=WAIT)
+            retried = retried_on_commit.delay("second")
+            assert retried.get(timeout=WAIT) == "second"
+    finally:
+        signals.task_success.disconnect(seen)
+    assert duplicate.state == "FAILURE"
+    assert "IntegrityError" in type(failed.value).__name__ or "UNIQUE" in str(failed.value).upper()
+    assert ok.state == retried.state == "SUCCESS"
+    # Each success was committed before its result was stored: its note was
+    # there when task_success came.
+    assert seen.counts == [2, 3]
+    with db.engine.connect() as conn:
+        texts = sorted(conn.execute(sa.select(Note.text)).scalars())
+    assert texts == ["fresh", "second", "taken"]
+    assert Session._stats.created == Session._stats.removed == 5  # 4 runs + the seeding
+    assert db.checkedout() == 0
+    assert db.idle_in_transaction() == 0
+
+
+def test_eager_commit_failure_fails_the_task(sqlite_engine: sa.Engine) -> None:
+    app = make_app()
+    app.finalize()
+    Session: ScopedSession[SASession] = ScopedSession(sessionmaker(sqlite_engine))
+    init_celery(app, Session, commit=True)
+
+    @task(app, "add_eagerly")
+    def add_eagerly(text: str) -> str:
+        Session.add(Note(text=text))
+        return text
+
+    assert add_eagerly.apply(("one",)).get() == "one"
+    result = add_eagerly.apply(("one",))
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, sa.exc.IntegrityError)
+    assert not Session.registry.has()
+    with sqlite_engine.connect() as conn:
+        assert list(conn.execute(sa.select(Note.text)).scalars()) == ["one"]
+    assert sqlite_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_direct_call_inside_a_task_does_not_commit_its_unit(sqlite_engine: sa.Engine) -> None:
+    app = make_app()
+    app.finalize()
+    Session: ScopedSession[SASession] = ScopedSession(sessionmaker(sqlite_engine))
+    init_celery(app, Session, commit=True)
+
+    @task(app, "nested", bind=True)
+    def nested(self: t.Any, depth: int) -> int:
+        Session.add(Note(text=f"depth-{depth}"))
+        if depth == 0:
+            # A plain call of the task's function: the same unit, committed
+            # once, when the outer run returns, and only if it does.
+            self.run(1)
+            raise ValueError("outer failed")
+        return depth
+
+    # The first run's tracer was built before the task was wrapped (it was
+    # defined after the app was finalized); the second one's after.
+    assert nested.apply((0,)).state == "FAILURE"
+    assert nested.apply((0,)).state == "FAILURE"
+    with sqlite_engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count(Note.id))).scalar_one() == 0
+
+
 def test_eager_task_joins_the_callers_unit(sqlite_engine: sa.Engine) -> None:
     app = make_app()
     Session: ScopedSession[SASession] = ScopedSession(sessionmaker(sqlite_engine))

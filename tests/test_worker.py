@@ -67,6 +67,24 @@ def test_rejects_bad_arguments() -> None:
             ScopedThreadPoolExecutor(Session, per=per, initializer=42)
 
 
+def test_refuses_a_flask_scoped_session() -> None:
+    # Its sessions live in a Flask application context, which worker threads
+    # lack: every job would fail at its first use of the session.
+    pytest.importorskip("flask", reason="Flask is not installed")
+    from scoped_session.flask import FlaskScopedSession
+
+    FlaskSession = FlaskScopedSession(TrivialSession)
+    for sessions in (FlaskSession, [ScopedSession(TrivialSession), FlaskSession]):
+        with pytest.raises(
+            TypeError, match=r"ScopedThreadPoolExecutor\(\) cannot end a Flask"
+        ) as refused:
+            ScopedThreadPoolExecutor(sessions, max_workers=1)
+        assert "ScopedSession(sessionmaker(engine))" in str(refused.value)
+    for per in ("job", "thread"):
+        with pytest.raises(TypeError, match="FlaskScopedSession"):
+            ScopedThreadPoolExecutor(FlaskSession, per=per)
+
+
 @pytest.mark.parametrize("per", ["job", "thread"])
 def test_initializer_runs_once_per_thread_with_its_args(per: t.Literal["job", "thread"]) -> None:
     Session = ScopedSession(TrivialSession)
