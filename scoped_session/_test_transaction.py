@@ -8,9 +8,11 @@ import typing as t
 import pytest
 
 from ._proxy import ScopedSession
+from ._registry import Registry
 
 if t.TYPE_CHECKING:
     import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import async_sessionmaker
     from sqlalchemy.orm import sessionmaker
 
 __all__ = [
@@ -29,7 +31,7 @@ LEAK_CHECK = "scoped_session_check_leaks"
 class Leaks(t.NamedTuple):
     """What a test left behind: open sessions per registry, and pool checkouts."""
 
-    sessions: list[tuple[int, ScopedSession[t.Any], int]]
+    sessions: list[tuple[int, Registry[t.Any], int]]
     connections: int
 
     def message(self) -> str:
@@ -44,12 +46,22 @@ class Leaks(t.NamedTuple):
                 f"    scoped_sessions[{index}] {scoped!r}: {count}"
                 for index, scoped, count in self.sessions
             )
+            if any(scoped.is_async for _, scoped, _ in self.sessions):
+                lines.append(
+                    "An async session ends with 'await Session.remove()', at the end of"
+                    " an 'async with Session.scope():' block, or with the request when"
+                    " the ASGI middleware manages it; a task that ends without removing"
+                    " its session has it closed by a backstop, which counts here too."
+                )
+            if not all(scoped.is_async for _, scoped, _ in self.sessions):
+                lines.append(
+                    "A session ends with Session.remove(), at the end of a"
+                    " 'with Session.scope():' block, or with the request when the WSGI"
+                    " middleware or FlaskScopedSession manages it."
+                )
             lines.append(
-                "A session ends with Session.remove(), at the end of a"
-                " 'with Session.scope():' block, or with the request when the WSGI"
-                " middleware or FlaskScopedSession manages it. End the sessions the"
-                " test or the code under test opened, or turn the check off for this"
-                f" test with @pytest.mark.{LEAK_CHECK}(False)."
+                "End the sessions the test or the code under test opened, or turn the"
+                f" check off for this test with @pytest.mark.{LEAK_CHECK}(False)."
             )
         if self.connections > 0:
             lines.append(
@@ -70,7 +82,11 @@ class JoinedFactory:
     ``configure()`` applies for the rest of the test only.
     """
 
-    def __init__(self, factory: sessionmaker[t.Any], overrides: dict[str, t.Any]) -> None:
+    def __init__(
+        self,
+        factory: sessionmaker[t.Any] | async_sessionmaker[t.Any],
+        overrides: dict[str, t.Any],
+    ) -> None:
         self.factory = factory
         #: The sessionmaker's session class: session events listened to on the
         #: registry during the test reach it, as outside tests.
@@ -89,13 +105,23 @@ class JoinedFactory:
 class TestTransaction:
     """A connection in a transaction, and registries whose sessions join it."""
 
-    def __init__(self, engine: sa.Engine, registries: list[ScopedSession[t.Any]]) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        registries: list[ScopedSession[t.Any]],
+        indexes: list[int] | None = None,
+    ) -> None:
         self.engine = engine
         self.registries = registries
+        #: Each registry's index in the ``scoped_sessions`` fixture (messages).
+        self.indexes = list(range(len(registries))) if indexes is None else indexes
         self.originals: list[tuple[ScopedSession[t.Any], t.Callable[..., t.Any]]] = []
 
     def begin(self) -> None:
-        factories = [sessionmaker_of(scoped, index) for index, scoped in enumerate(self.registries)]
+        factories = [
+            sessionmaker_of(scoped, index)
+            for scoped, index in zip(self.registries, self.indexes, strict=True)
+        ]
         # Sessions that exist already were made outside the transaction: what they
         # wrote would be committed for real.
         close_all(self.registries)
@@ -132,8 +158,8 @@ class TestTransaction:
         connection. Every step runs even when one fails; the first failure is
         raised."""
         errors: list[BaseException] = []
-        open_sessions: list[tuple[int, ScopedSession[t.Any], int]] = []
-        for index, scoped in enumerate(self.registries):
+        open_sessions: list[tuple[int, Registry[t.Any], int]] = []
+        for index, scoped in zip(self.indexes, self.registries, strict=True):
             try:
                 count = scoped.remove_all()
             except BaseException as exc:
@@ -174,8 +200,10 @@ def make_transaction_real(connection: sa.Connection) -> None:
     """
     if connection.dialect.name != "sqlite":
         return
-    dbapi_connection = connection.connection.dbapi_connection
-    if getattr(dbapi_connection, "in_transaction", True) is False:
+    # The driver's own connection: sqlite3's, or aiosqlite's (which reports the
+    # same flag) under an async engine.
+    driver_connection = connection.connection.driver_connection
+    if getattr(driver_connection, "in_transaction", True) is False:
         connection.exec_driver_sql("BEGIN")
 
 

@@ -38,6 +38,13 @@ Fixtures:
   on. By default the engine the sessionmakers are bound to.
 - ``scoped_session_transaction``: the test transaction; its value is the
   :class:`sqlalchemy.engine.Connection` it runs on.
+- ``scoped_session_async_transaction``: the same for ``AsyncScopedSession``s, on an
+  ``AsyncConnection`` (its value) opened on the loop the app runs on: the test's own
+  in an async test (pytest-asyncio or anyio), a portal loop of the plugin's in a
+  sync one, which every ``TestClient`` of the test is given. Sync ScopedSessions
+  listed with them get a transaction of their own on ``scoped_session_engine``.
+  ``scoped_session_async_engine`` and ``scoped_session_portal`` go with it; see
+  docs/testing-async.md.
 
 Leak check, off by default: ``scoped_session_check_leaks = true`` in the pytest ini
 options, or ``@pytest.mark.scoped_session_check_leaks`` on a test (``(False)`` turns it
@@ -65,20 +72,44 @@ Limits, all from the sessions of a test sharing one connection:
 
 from __future__ import annotations
 
+import inspect
 import typing as t
 
 import pytest
 
+from ._async_test_transaction import AsyncTestTransaction, shared_portal
 from ._proxy import ScopedSession
-from ._test_transaction import LEAK_CHECK, TestTransaction, sessionmaker_of
+from ._test_engines import (
+    ASYNC,
+    ASYNC_FIXTURE,
+    SYNC,
+    AnyScopedSession,
+    bound_engine,
+    checked_engine,
+    registries_of,
+)
+from ._test_transaction import LEAK_CHECK, Leaks, TestTransaction
+from .asyncio import AsyncScopedSession
 
 if t.TYPE_CHECKING:
+    import anyio.from_thread
     import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-__all__ = ["scoped_session_engine", "scoped_session_transaction", "scoped_sessions"]
+__all__ = [
+    "scoped_session_async_engine",
+    "scoped_session_async_transaction",
+    "scoped_session_engine",
+    "scoped_session_portal",
+    "scoped_session_transaction",
+    "scoped_sessions",
+]
+
 
 #: Whether the call phase of a test failed: a failed test is not also blamed for leaks.
 _call_failed = pytest.StashKey[bool]()
+#: In a sync test, the portal whose event loop owns the async test connection.
+_portal = pytest.StashKey["anyio.from_thread.BlockingPortal"]()
 
 _DEFINE_SCOPED_SESSIONS = """\
 scoped_session_transaction needs to know the ScopedSession objects of your code.
@@ -122,28 +153,40 @@ def pytest_runtest_makereport(
 
 
 @pytest.fixture
-def scoped_sessions() -> list[ScopedSession[t.Any]]:
-    """The ScopedSession objects whose sessions join the test transaction.
+def scoped_sessions() -> list[AnyScopedSession]:
+    """The ScopedSession and AsyncScopedSession objects whose sessions join the
+    test transaction.
 
-    Define this fixture in your ``conftest.py``; it may return one ScopedSession or
-    a list of them.
+    Define this fixture in your ``conftest.py``; it may return one registry or a
+    list of them.
     """
     pytest.fail(_DEFINE_SCOPED_SESSIONS, pytrace=False)
 
 
 @pytest.fixture
 def scoped_session_engine(scoped_sessions: object) -> sa.Engine:
-    """The engine the test transaction runs on.
+    """The engine the test transaction of the sync ScopedSessions runs on.
 
-    By default the engine that the ``scoped_sessions``' sessionmakers are bound to.
-    Override it to test against another database (one per xdist worker, say).
+    By default the engine that their sessionmakers are bound to. Override it to
+    test against another database (one per xdist worker, say).
     """
-    return _bound_engine(_registries(scoped_sessions))
+    return t.cast("sa.Engine", bound_engine(SYNC, *registries_of(scoped_sessions)))
+
+
+@pytest.fixture
+def scoped_session_async_engine(scoped_sessions: object) -> AsyncEngine:
+    """The async engine the async test transaction runs on.
+
+    By default the engine that the AsyncScopedSessions' async_sessionmakers are
+    bound to. Override it to test against another database (one per xdist
+    worker, say).
+    """
+    return t.cast("AsyncEngine", bound_engine(ASYNC, *registries_of(scoped_sessions)))
 
 
 @pytest.fixture
 def scoped_session_transaction(
-    request: pytest.FixtureRequest, scoped_session_engine: object, scoped_sessions: object
+    request: pytest.FixtureRequest, scoped_sessions: object
 ) -> t.Iterator[sa.Connection]:
     """Run the test in a transaction that is rolled back at its end.
 
@@ -152,15 +195,184 @@ def scoped_session_transaction(
     hold when the test starts are closed first: they were made outside the
     transaction.
     """
-    registries = _registries(scoped_sessions)
-    engine = _checked_engine(scoped_session_engine)
+    registries, indexes = registries_of(scoped_sessions)
+    if any(isinstance(scoped, AsyncScopedSession) for scoped in registries):
+        pytest.fail(
+            "The scoped_sessions fixture returned an AsyncScopedSession: use the"
+            f" {ASYNC_FIXTURE} fixture instead of scoped_session_transaction. It puts"
+            " the async sessions in a transaction on an AsyncConnection, and the"
+            " sync ScopedSessions among them in one of their own.",
+            pytrace=False,
+        )
+    engine = checked_engine(SYNC, request.getfixturevalue("scoped_session_engine"))
     check_leaks = _leak_check_enabled(request.node)
-    transaction = TestTransaction(engine, registries)
+    transaction = TestTransaction(engine, t.cast("list[ScopedSession[t.Any]]", registries), indexes)
     transaction.begin()
     try:
         yield transaction.connection
     finally:
         leaks = transaction.end()
+    _report(request, check_leaks, leaks)
+
+
+@pytest.fixture
+def scoped_session_async_transaction(
+    request: pytest.FixtureRequest, scoped_sessions: object
+) -> t.Iterator[AsyncConnection]:
+    """Run the test in a transaction on an ``AsyncConnection`` that is rolled back
+    at its end; the async sessions join it through savepoints.
+
+    The value is that connection. In an async test (pytest-asyncio or anyio) it is
+    opened on the test's event loop. In a sync test it is opened on an event loop
+    in a thread of the plugin's (the ``scoped_session_portal``), and every
+    ``anyio.from_thread.start_blocking_portal()`` of the test, which is what
+    Starlette's and FastAPI's ``TestClient`` run the app in, hands out that
+    portal: the app runs on the loop that owns the connection.
+
+    Sync ScopedSessions among the ``scoped_sessions`` get a test transaction of
+    their own on ``scoped_session_engine``, also rolled back.
+    """
+    # A sync test reaches this body; for an async one pytest_fixture_setup below
+    # runs _async_transaction() instead, on the test's loop.
+    import anyio.from_thread
+
+    transaction, check_leaks = _setup(request, scoped_sessions)
+    original = anyio.from_thread.start_blocking_portal
+    with original("asyncio") as portal, pytest.MonkeyPatch.context() as patch:
+        portal.call(transaction.begin)
+        request.node.stash[_portal] = portal
+        patch.setattr(anyio.from_thread, "start_blocking_portal", shared_portal(portal, original))
+        try:
+            yield transaction.connection
+        finally:
+            del request.node.stash[_portal]
+            patch.undo()
+            leaks = portal.call(transaction.end)
+    _report(request, check_leaks, leaks)
+
+
+@pytest.fixture
+def scoped_session_portal(
+    request: pytest.FixtureRequest, scoped_session_async_transaction: object
+) -> anyio.from_thread.BlockingPortal:
+    """In a sync test, the portal whose event loop owns the async test connection:
+    ``scoped_session_portal.call(conn.scalar, stmt)`` runs a coroutine there."""
+    portal: anyio.from_thread.BlockingPortal | None = request.node.stash.get(_portal, None)
+    if portal is None:
+        pytest.fail(
+            "scoped_session_portal is for sync tests: an async test already runs on"
+            f" the loop that owns the connection; await {ASYNC_FIXTURE}'s methods"
+            " directly.",
+            pytrace=False,
+        )
+    return portal
+
+
+async def _async_transaction(
+    request: pytest.FixtureRequest, scoped_sessions: object
+) -> t.AsyncIterator[AsyncConnection]:
+    """The fixture in an async test: begins and ends on the test's event loop."""
+    transaction, check_leaks = _setup(request, scoped_sessions)
+    await transaction.begin()
+    try:
+        yield transaction.connection
+    finally:
+        leaks = await transaction.end()
+    _report(request, check_leaks, leaks)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[t.Any], request: pytest.FixtureRequest
+) -> t.Generator[None, object, object]:
+    """Give an async test the async form of scoped_session_async_transaction.
+
+    Runs before pytest-asyncio's and anyio's own hooks, which then run it on the
+    test's loop: anyio takes any async fixture of a test it runs; pytest-asyncio
+    in strict mode only one marked with ``pytest_asyncio.fixture``, with the loop
+    scope of the test.
+    """
+    if fixturedef.argname != ASYNC_FIXTURE or fixturedef.func.__module__ != __name__:
+        return (yield)  # not ours, or the user's override
+    runner = _async_runner(request)
+    if runner is None:
+        return (yield)
+    func: t.Callable[..., t.Any] = _async_transaction
+    if runner == "asyncio":
+        func = _for_pytest_asyncio(request)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fixturedef, "func", func)
+        return (yield)
+
+
+def _async_runner(request: pytest.FixtureRequest) -> str | None:
+    """Which plugin runs the requesting test: "anyio", "asyncio", or None for a
+    sync test."""
+    if not inspect.iscoroutinefunction(getattr(request.node, "function", None)):
+        return None
+    if "anyio_backend" in request.fixturenames:
+        return "anyio"
+    if request.node.get_closest_marker("asyncio") is not None:
+        return "asyncio"
+    pytest.fail(
+        f"{ASYNC_FIXTURE} was requested by an async test that neither pytest-asyncio"
+        " nor anyio runs: mark it with @pytest.mark.asyncio or @pytest.mark.anyio.",
+        pytrace=False,
+    )
+
+
+def _for_pytest_asyncio(request: pytest.FixtureRequest) -> t.Callable[..., t.Any]:
+    """The async fixture, marked for pytest-asyncio with the test's loop scope: a
+    connection opened on another loop than the test's could not be used in it."""
+    import pytest_asyncio
+
+    marker = request.node.get_closest_marker("asyncio")
+    loop_scope = (marker.kwargs.get("loop_scope") if marker else None) or request.config.getini(
+        "asyncio_default_test_loop_scope"
+    )
+
+    async def scoped_session_async_transaction(
+        request: pytest.FixtureRequest, scoped_sessions: object
+    ) -> t.AsyncIterator[AsyncConnection]:
+        async for connection in _async_transaction(request, scoped_sessions):
+            yield connection
+
+    # The decorator marks the function itself, which is all pytest-asyncio reads.
+    pytest_asyncio.fixture(scoped_session_async_transaction, loop_scope=loop_scope or "function")
+    return scoped_session_async_transaction
+
+
+def _setup(
+    request: pytest.FixtureRequest, scoped_sessions: object
+) -> tuple[AsyncTestTransaction, bool]:
+    """The async test transaction for the user's registries, not begun yet."""
+    registries, indexes = registries_of(scoped_sessions)
+    async_ = [
+        (i, s)
+        for i, s in zip(indexes, registries, strict=True)
+        if isinstance(s, AsyncScopedSession)
+    ]
+    sync = [
+        (i, s) for i, s in zip(indexes, registries, strict=True) if isinstance(s, ScopedSession)
+    ]
+    if not async_:
+        pytest.fail(
+            "The scoped_sessions fixture returned no AsyncScopedSession; for sync"
+            " ScopedSessions alone use the scoped_session_transaction fixture.",
+            pytrace=False,
+        )
+    engine = checked_engine(ASYNC, request.getfixturevalue("scoped_session_async_engine"))
+    sync_transaction = None
+    if sync:
+        sync_engine = checked_engine(SYNC, request.getfixturevalue("scoped_session_engine"))
+        sync_transaction = TestTransaction(sync_engine, [s for _, s in sync], [i for i, _ in sync])
+    transaction = AsyncTestTransaction(
+        engine, [s for _, s in async_], [i for i, _ in async_], sync_transaction
+    )
+    return transaction, _leak_check_enabled(request.node)
+
+
+def _report(request: pytest.FixtureRequest, check_leaks: bool, leaks: Leaks) -> None:
     if check_leaks and not request.node.stash.get(_call_failed, False):
         message = leaks.message()
         if message:
@@ -168,74 +380,6 @@ def scoped_session_transaction(
 
 
 # -- checking what the user gave ----------------------------------------------------
-
-
-def _registries(value: object) -> list[ScopedSession[t.Any]]:
-    """The ScopedSession objects from the ``scoped_sessions`` fixture, each once."""
-    if isinstance(value, ScopedSession):
-        return [value]
-    if isinstance(value, str | bytes) or not isinstance(value, t.Iterable):
-        pytest.fail(
-            "The scoped_sessions fixture must return a ScopedSession or a list of"
-            f" them; it returned an object of type {type(value).__name__}.",
-            pytrace=False,
-        )
-    found: dict[int, ScopedSession[t.Any]] = {}
-    for item in value:
-        if not isinstance(item, ScopedSession):
-            kind = type(item).__name__
-            hint = " (async sessions are not supported yet)" if kind.startswith("Async") else ""
-            pytest.fail(
-                "The scoped_sessions fixture must return ScopedSession objects; it"
-                f" returned an object of type {kind} among them{hint}.",
-                pytrace=False,
-            )
-        found.setdefault(id(item), item)
-    if not found:
-        pytest.fail(
-            "The scoped_sessions fixture returned no ScopedSession: return the ones"
-            " whose sessions the code under test uses.",
-            pytrace=False,
-        )
-    return list(found.values())
-
-
-def _bound_engine(registries: list[ScopedSession[t.Any]]) -> sa.Engine:
-    import sqlalchemy as sa
-
-    engines: dict[int, sa.Engine] = {}
-    for index, scoped in enumerate(registries):
-        bind = sessionmaker_of(scoped, index).kw.get("bind")
-        if not isinstance(bind, sa.Engine):
-            pytest.fail(
-                f"scoped_sessions[{index}] {scoped!r} has a sessionmaker that is not"
-                " bound to an engine, so the test transaction does not know which"
-                " database to use. Define a fixture named 'scoped_session_engine' in"
-                " your conftest.py that returns the Engine to test against.",
-                pytrace=False,
-            )
-        engines.setdefault(id(bind), bind)
-    if len(engines) > 1:
-        pytest.fail(
-            "The scoped_sessions are bound to different engines; the test transaction"
-            " runs on one. Define a fixture named 'scoped_session_engine' in your"
-            " conftest.py that returns the Engine to test against.",
-            pytrace=False,
-        )
-    return next(iter(engines.values()))
-
-
-def _checked_engine(value: object) -> sa.Engine:
-    import sqlalchemy as sa
-
-    if not isinstance(value, sa.Engine):
-        pytest.fail(
-            "The scoped_session_engine fixture must return a sqlalchemy Engine (the"
-            " plugin opens its own connection); it returned an object of type"
-            f" {type(value).__name__}.",
-            pytrace=False,
-        )
-    return value
 
 
 def _leak_check_enabled(node: pytest.Item | pytest.Collector) -> bool:
