@@ -23,6 +23,7 @@ if t.TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
 
 __all__ = [
+    "COMMIT_KEY",
     "DATABASE_URI_KEY",
     "ENGINE_OPTIONS_KEY",
     "NO_CONTEXT",
@@ -40,13 +41,20 @@ __all__ = [
 #: is collected, a counter value never is.
 _numbers = itertools.count()
 
+#: The app config key that says whether requests commit, when the
+#: FlaskScopedSession was made without ``commit``.
+COMMIT_KEY = "SCOPED_SESSION_COMMIT"
 #: The app config keys that make an app's engine when init_app() gets no ``bind``.
 DATABASE_URI_KEY = "SCOPED_SESSION_DATABASE_URI"
 ENGINE_OPTIONS_KEY = "SCOPED_SESSION_ENGINE_OPTIONS"
 
+# The body of a streamed response runs after the request's context was popped,
+# unless stream_with_context keeps it: the usual way to get here in a request.
 NO_CONTEXT = (
     "No Flask application context is active. Push one with 'app.app_context()'"
-    " or call this inside a request."
+    " or call this inside a request. In the generator of a streamed response,"
+    " wrap it: Response(stream_with_context(generate())), so that it runs in"
+    " the request's context and uses its session."
 )
 
 
@@ -118,12 +126,17 @@ def dispose(engine: Engine, pid: int) -> None:
     engine.dispose(close=os.getpid() == pid)
 
 
+#: The current application context, or RuntimeError outside one: werkzeug's
+#: documented way to the object behind Flask's ``app_ctx`` proxy, looked up once.
+#: Every use of a session reads it, and a lookup through the proxy costs more
+#: than the call itself.
+_app_context: t.Callable[[], AppContext] = app_ctx._get_current_object  # type: ignore[attr-defined]
+
+
 def current_context() -> AppContext | None:
     """The current application context, or None."""
     try:
-        # werkzeug's documented way to the object behind a proxy.
-        context: AppContext = app_ctx._get_current_object()  # type: ignore[attr-defined]
-        return context
+        return _app_context()
     except RuntimeError:  # outside any application context
         return None
 
@@ -139,7 +152,11 @@ class _FlaskSlot(NoCell):
 
     @property
     def cell(self) -> Cell | NoCell:
-        return getattr(current_context(), self._attr, self)
+        # The proxy's hot path: one read of the context, no call of our own.
+        try:
+            return getattr(_app_context(), self._attr, self)
+        except RuntimeError:  # outside any application context
+            return self
 
 
 class AppContextScope(Scope):
@@ -170,42 +187,50 @@ class AppContextScope(Scope):
         self.state_attr = f"_scoped_session_state_{number}"
         self.slot = _FlaskSlot(self.cell_attr)
 
+    # Each of these runs once per session made (a request's first use of it), and
+    # reads the context itself: it is not kept anywhere in between, where another
+    # thread or a context pushed meanwhile could see it.
+
     def get(self) -> Cell | None:
-        context = current_context()
-        if context is None:
+        try:
+            found = _app_context().__dict__
+        except RuntimeError:  # outside any application context
             return None
-        cell: Cell | None = context.__dict__.get(self.cell_attr)
+        cell: Cell | None = found.get(self.cell_attr)
         return cell
 
     def install(self, cell: Cell | None) -> None:
-        context = current_context()
+        try:
+            found = _app_context().__dict__
+        except RuntimeError:
+            if cell is None:
+                return
+            raise NoScopeError(NO_CONTEXT) from None
         if cell is None:
-            if context is not None:
-                context.__dict__.pop(self.cell_attr, None)
-            return
-        if context is None:
-            raise NoScopeError(NO_CONTEXT)
-        self.track(cell)
-        setattr(context, self.cell_attr, cell)
+            found.pop(self.cell_attr, None)
+        else:
+            self.track(cell)
+            found[self.cell_attr] = cell
 
     def check(self) -> None:
         # Before the factory runs: a session made outside any context, or in the
         # context of an app nobody ends contexts for, would never be closed.
-        context = current_context()
-        if context is None:
-            raise NoScopeError(NO_CONTEXT)
-        if self.key not in context.app.extensions:
+        try:
+            app = _app_context().app
+        except RuntimeError:
+            raise NoScopeError(NO_CONTEXT) from None
+        if self.key not in app.extensions:
             raise ScopedSessionError(
-                f"This FlaskScopedSession is not registered on the app {context.app.name!r}."
+                f"This FlaskScopedSession is not registered on the app {app.name!r}."
                 " Call Session.init_app(app) where the app is created."
             )
 
     def factory_kwargs(self) -> dict[str, t.Any] | None:
         # Runs right after check(), which found the app's state.
-        context = current_context()
-        if context is None:
+        try:
+            state: AppState = _app_context().app.extensions[self.key]
+        except RuntimeError:
             return None
-        state: AppState = context.app.extensions[self.key]
         return state.factory_kwargs
 
     def register(self, app: Flask, state: AppState) -> None:
@@ -220,8 +245,7 @@ class AppContextScope(Scope):
     def label(self) -> str:
         return "an application context"
 
-    def take(self, context: AppContext) -> list[t.Any]:
-        """Take every session of ``context`` (its cell and the ones a unit left
-        open there shadowed), counted as removed."""
+    def take(self, context: AppContext) -> Cell | None:
+        """Take ``context``'s cell off it (None: the context never used a session)."""
         cell: Cell | None = context.__dict__.pop(self.cell_attr, None)
-        return [] if cell is None else cell.sessions()
+        return cell

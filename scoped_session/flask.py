@@ -24,6 +24,18 @@ the response, whichever comes first. A ``with app.app_context():`` block (in a
 script, a CLI command, or nested in a request) gets a session of its own,
 removed when the block ends.
 
+``commit=True`` commits after a response, so it does nothing where there is
+none: a CLI command, a ``with app.app_context():`` block. There, a unit of work
+commits, on the app's engine as a request would::
+
+    @app.cli.command("seed")
+    @Session.scope(commit=True)         # committed when the command returns
+    def seed():
+        Session.add(Note(text="first"))
+
+    with app.app_context(), Session.scope(commit=True):
+        Session.add(Note(text="from a script"))
+
 App factories: one FlaskScopedSession serves any number of apps, each with an
 engine of its own, passed as ``bind`` or made from the app's config::
 
@@ -56,6 +68,7 @@ from ._arguments import check_flag
 from ._cells import EMPTY
 from ._ending import end_sessions
 from ._exceptions import NoScopeError, ScopedSessionError
+from ._flask_migrate import MigrateTarget
 from ._flask_query import (
     Pagination,
     SessionLike,
@@ -65,6 +78,7 @@ from ._flask_query import (
     paginate,
 )
 from ._flask_scope import (
+    COMMIT_KEY,
     DATABASE_URI_KEY,
     AppContextScope,
     AppState,
@@ -81,6 +95,7 @@ if t.TYPE_CHECKING:
 
 __all__ = [
     "FlaskScopedSession",
+    "MigrateTarget",
     "Pagination",
     "SessionLike",
     "first_or_404",
@@ -136,8 +151,12 @@ class FlaskScopedSession(ScopedSession[S]):
         its body has run to its end, as the body may still read results the
         view opened; a client that leaves mid-stream rolls it all back.
         ``None`` (the default) reads the app's ``SCOPED_SESSION_COMMIT``
-        config key, ``False`` when unset. Contexts
-        without a response (scripts, CLI commands) never commit on their own.
+        config key, ``False`` when unset. Contexts without a response (CLI
+        commands, ``with app.app_context():`` blocks in scripts and tests)
+        never commit on their own, whatever ``commit`` says: open a unit of
+        work there, ``with Session.scope(commit=True):`` or the decorator
+        ``@Session.scope(commit=True)`` under ``@app.cli.command()``, which
+        commits when it ends without an exception.
     """
 
     def __init__(
@@ -147,6 +166,13 @@ class FlaskScopedSession(ScopedSession[S]):
         *,
         commit: bool | None = None,
     ) -> None:
+        if isinstance(session_factory, Flask):
+            # A Flask app is callable (WSGI), so the registry would take it.
+            raise TypeError(
+                "FlaskScopedSession() takes the session factory first and the app"
+                " second: FlaskScopedSession(sessionmaker(engine), app); got the Flask"
+                f" app {session_factory.name!r} as the session factory."
+            )
         if app is not None:
             check_app(app, "FlaskScopedSession(session_factory, app)")
         if commit is not None:
@@ -184,21 +210,19 @@ class FlaskScopedSession(ScopedSession[S]):
             )
         commit = self._commit_default
         if commit is None:
-            commit = bool(app.config.get("SCOPED_SESSION_COMMIT", False))
+            commit = check_flag(app.config.get(COMMIT_KEY, False), f"app.config[{COMMIT_KEY!r}]")
         if bind is None:
             bind = configured_engine(app)
         state = registered[self] = AppState(commit, bind)
         self._flask_scope.register(app, state)
 
-        # Plain handlers, not signals: a signal with receivers costs every
-        # request of every app several microseconds. after_request handlers run
-        # in reverse order of registration, so the ones an app registers after
+        # Plain functions, not signals: a signal with receivers costs every
+        # request of every app several microseconds; each returns at once for a
+        # request that never used the session. after_request handlers run in
+        # reverse order of registration, so the ones an app registers after
         # init_app() (the usual order) run before the commit.
-        def after_request(response: Response) -> Response:
-            return self._after_request(response, commit)
-
-        app.after_request(after_request)
-        app.teardown_appcontext(self._on_teardown)
+        app.after_request(self._after_request_handler(commit))
+        app.teardown_appcontext(self._teardown_handler())
 
     def get_engine(self, app: Flask | None = None) -> Engine:
         """The engine that ``app``'s sessions are bound to (the current app's by
@@ -244,33 +268,45 @@ class FlaskScopedSession(ScopedSession[S]):
     # thread: it is made on first use and emptied when the context is over. A
     # Session.scope() inside a context is a unit of its own, as anywhere else.
 
-    def _after_request(self, response: Response, commit: bool) -> Response:
-        """Commit a successful response's session before it is sent; hand the
-        end of the context to a streamed response's ``close()``."""
+    def _after_request_handler(self, commit: bool) -> t.Callable[[Response], Response]:
+        """The app's after_request handler: commit a successful response's session
+        before it is sent; hand the end of the context to a streamed response's
+        ``close()``."""
+        scope = self._flask_scope
+
+        def after_request(response: Response) -> Response:
+            # A generator body may run later in this context (stream_with_context
+            # pushes it again), or read through results and objects of this
+            # session. Other bodies cannot: an error page made by Flask, a file
+            # (whose response's close() is not even called with direct_passthrough).
+            body = response.response
+            if type(body) is GeneratorType and not response.direct_passthrough:
+                self._defer(response, body, commit and response.status_code < 400)
+            elif commit and response.status_code < 400:
+                context = current_context()
+                if context is not None:
+                    session = context.__dict__.get(scope.cell_attr, EMPTY).session
+                    if session is not None:
+                        # Raising here turns into a logged 500 response, by Flask.
+                        end_sessions([session], commit=True, close=False, where=_Where(context))
+            return response
+
+        return after_request
+
+    def _defer(
+        self, response: Response, body: GeneratorType[t.Any, t.Any, t.Any], commit: bool
+    ) -> None:
+        """Hand the end of the current context to the streamed ``response``."""
         context = current_context()
         if context is None:
-            return response
-        scope = self._flask_scope
-        commit = commit and response.status_code < 400
-        # A generator body may run later in this context (stream_with_context
-        # pushes it again), or read through results and objects of this
-        # session. Other bodies cannot: an error page made by Flask, a file
-        # (whose response's close() is not even called with direct_passthrough).
-        if type(response.response) is GeneratorType and not response.direct_passthrough:
-            # Its commit waits until the body has run to its end: committing now
-            # would hand the session's connection back to the pool while the
-            # body may still read a result the view opened on it, and another
-            # request could get that connection meanwhile.
-            deferred = _Deferred(response.response, commit)
-            setattr(context, scope.state_attr, deferred)
-            response.call_on_close(functools.partial(self._close_deferred, context, deferred))
-            return response
-        if commit:
-            session = getattr(context.__dict__.get(scope.cell_attr, EMPTY), "session", None)
-            if session is not None:
-                # Raising here turns into a logged 500 response, by Flask.
-                end_sessions([session], commit=True, close=False, where=_Where(context))
-        return response
+            return
+        # Its commit waits until the body has run to its end: committing now
+        # would hand the session's connection back to the pool while the body
+        # may still read a result the view opened on it, and another request
+        # could get that connection meanwhile.
+        deferred = _Deferred(body, commit)
+        setattr(context, self._flask_scope.state_attr, deferred)
+        response.call_on_close(functools.partial(self._close_deferred, context, deferred))
 
     def _close_deferred(self, context: AppContext, deferred: _Deferred) -> None:
         # Runs from the response's close(), on whichever thread the server
@@ -280,34 +316,43 @@ class FlaskScopedSession(ScopedSession[S]):
             del found[self._flask_scope.state_attr]
             self._end_context(context, deferred.error, commit=deferred.commit)
 
-    def _on_teardown(self, exc: BaseException | None) -> None:
-        """The application context is being popped: close its session, unless
-        this is the pop before a streamed body runs."""
-        context = current_context()
-        if context is None:
-            return
-        found = context.__dict__
-        state_attr = self._flask_scope.state_attr
-        deferred: _Deferred | None = found.get(state_attr)
-        if deferred is None:
-            self._end_context(context, exc, commit=False)
-        elif not (deferred.left or deferred.body.gi_running):
-            deferred.left = True
-            deferred.error = exc
-        else:
-            # The body is over: exhausted, failed, or closed (GeneratorExit,
-            # the client went away). Ending here does not depend on the
-            # server calling close() after a complete body.
-            del found[state_attr]
-            error = exc if exc is not None else deferred.error
-            self._end_context(context, error, commit=deferred.commit)
+    def _teardown_handler(self) -> t.Callable[[BaseException | None], None]:
+        """The app's teardown_appcontext handler: the application context is
+        being popped, so close its session, unless this is the pop before a
+        streamed body runs."""
+        scope = self._flask_scope
+
+        def teardown(exc: BaseException | None) -> None:
+            context = current_context()
+            if context is None:
+                return
+            found = context.__dict__
+            deferred: _Deferred | None = found.get(scope.state_attr)
+            if deferred is None:
+                if scope.cell_attr in found:  # else the context never used a session
+                    self._end_context(context, exc, commit=False)
+            elif not (deferred.left or deferred.body.gi_running):
+                deferred.left = True
+                deferred.error = exc
+            else:
+                # The body is over: exhausted, failed, or closed (GeneratorExit,
+                # the client went away). Ending here does not depend on the
+                # server calling close() after a complete body.
+                del found[scope.state_attr]
+                error = exc if exc is not None else deferred.error
+                self._end_context(context, error, commit=deferred.commit)
+
+        return teardown
 
     def _end_context(
         self, context: AppContext, error: BaseException | None, *, commit: bool
     ) -> None:
         """Empty the context's cell by the policy: commit (when asked and ``error``
         is None), then close its session and any a unit left open there shadowed."""
-        sessions = self._flask_scope.take(context)
+        cell = self._flask_scope.take(context)
+        if cell is None:  # the context never used a session
+            return
+        sessions = cell.sessions()
         if sessions:
             end_sessions(sessions, commit=commit, error=error, where=_Where(context))
 

@@ -469,26 +469,7 @@ def test_engine_and_get_engine_are_members_not_forwarded(tmp_path: Path) -> None
 
 
 # -- 3. errors at the call that made the mistake ----------------------------------------
-
-
-@pytest.mark.parametrize("app", [None, "app"])
-def test_init_app_without_a_flask_app(app: object) -> None:
-    Plain = FlaskScopedSession(TrivialSession)
-    with pytest.raises(TypeError) as info:
-        Plain.init_app(app)  # type: ignore[arg-type]
-    message = str(info.value)
-    assert message.startswith("init_app() takes a Flask app, such as app = Flask(__name__)")
-    assert type(app).__name__ in message
-
-
-def test_constructor_without_a_flask_app() -> None:
-    with pytest.raises(TypeError, match=r"takes a Flask app, such as app = Flask\(__name__\)"):
-        FlaskScopedSession(TrivialSession, "app")  # type: ignore[arg-type]
-
-
-def test_commit_must_be_a_flag() -> None:
-    with pytest.raises(TypeError, match="commit must be True or False, not an object of type str"):
-        FlaskScopedSession(TrivialSession, commit="yes")  # type: ignore[arg-type]
+# (The constructor's and init_app()'s other mistakes: test_flask_errors.py.)
 
 
 @pytest.mark.parametrize("bind", ["sqlite:///app.db", object()])
