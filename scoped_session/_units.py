@@ -162,7 +162,7 @@ class UnitOfWork(UnitBase[S]):
 
             @functools.wraps(func)
             async def async_wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
-                unit = UnitOfWork[t.Any](registry, commit, label).start()
+                unit: UnitOfWork[t.Any] = UnitOfWork(registry, commit, label).start()
                 try:
                     result = await func(*args, **kwargs)
                 except BaseException as exc:
@@ -175,7 +175,7 @@ class UnitOfWork(UnitBase[S]):
 
         @functools.wraps(func)
         def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
-            unit = UnitOfWork[t.Any](registry, commit, label).start()
+            unit: UnitOfWork[t.Any] = UnitOfWork(registry, commit, label).start()
             try:
                 result = func(*args, **kwargs)
             except BaseException as exc:

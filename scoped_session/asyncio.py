@@ -264,7 +264,7 @@ class AsyncUnitOfWork(UnitBase[AS]):
 
         @functools.wraps(func)
         async def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
-            unit = AsyncUnitOfWork[t.Any](registry, commit, label).start()
+            unit: AsyncUnitOfWork[t.Any] = AsyncUnitOfWork(registry, commit, label).start()
             try:
                 result = await func(*args, **kwargs)
             except BaseException as exc:

@@ -189,7 +189,9 @@ class _Wiring:
         if task is None or task.app is not self.app:
             return
         label, commit = self.label(task), self.commit
-        units = [UnitOfWork[t.Any](scoped, commit, label).start() for scoped in self.sessions]
+        units: list[UnitOfWork[t.Any]] = [
+            UnitOfWork(scoped, commit, label).start() for scoped in self.sessions
+        ]
         # The request is per task run and per thread, and nested eager runs
         # (a retry run eagerly) push their own: no global map to leak from.
         record = _Run(units)

@@ -89,7 +89,9 @@ class ScopedJob(Job):
             )
         commit = cls.commit
         where = f"the job {self.func_name}"
-        units = [UnitOfWork[t.Any](scoped, commit, where).start() for scoped in sessions]
+        units: list[UnitOfWork[t.Any]] = [
+            UnitOfWork(scoped, commit, where).start() for scoped in sessions
+        ]
         try:
             result = super().perform()
         except BaseException as exc:
