@@ -13,7 +13,9 @@ Each variant serves the same trivial app, which uses its request's session once
 The app is called directly with a prepared environ; the body is consumed and
 closed as a server would. Overhead = variant time - the bare app's time (the bare
 app makes and closes its session itself). Rounds are interleaved; each row shows
-the median over rounds. Bar: ours <= 1.0x LocalManager's overhead.
+the median over rounds. Bars: ours <= 1.0x LocalManager's overhead for a list body,
+and <= 0.7x for a streamed one (issue #17: LocalManager only forgets its locals
+at close(); ours also ends a unit of work there, and must still cost less).
 
     python benchmarks/bench_wsgi.py [--quick]
 """
@@ -34,7 +36,8 @@ from scoped_session.wsgi import ScopedSessionMiddleware
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-BAR = 1.0
+#: Ours must cost at most this share of LocalManager's overhead, per body kind.
+BARS = {"list": 1.0, "streamed": 0.7}
 
 
 class TrivialSession:
@@ -163,10 +166,11 @@ def main(argv: list[str] | None = None) -> int:
                 f" {vs_lm:>15.2f}x {vs_tf:>14.2f}x"
             )
         ratio = overhead["ours"] / overhead["LocalManager"]
-        verdict = "ok" if ratio <= BAR else "FAILED"
-        if ratio > BAR:
+        bar = BARS[body]
+        verdict = "ok" if ratio <= bar else "FAILED"
+        if ratio > bar:
             failed.append(body)
-        print(f"  bar ({body}): ours <= {BAR:.1f}x LocalManager's overhead: {ratio:.2f}x {verdict}")
+        print(f"  bar ({body}): ours <= {bar:.1f}x LocalManager's overhead: {ratio:.2f}x {verdict}")
     return 1 if failed else 0
 
 

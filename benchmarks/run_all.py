@@ -5,7 +5,7 @@
 
 Each script prints its own table of ratios against the anchor (SQLAlchemy's
 scoped_session, werkzeug's LocalManager, Flask-SQLAlchemy, a hand-written
-try/finally) and exits 1 when one of its bars is missed. Timings need a quiet
+try/finally or raw ASGI middleware) and exits 1 when one of its bars is missed. Timings need a quiet
 machine: run nothing else meanwhile. Exits 1 when any script missed a bar.
 """
 
@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS: list[tuple[str, tuple[str, ...]]] = [
     ("bench_core.py", ("sqlalchemy",)),
     ("bench_wsgi.py", ()),
+    ("bench_asgi.py", ()),
     ("bench_worker.py", ()),
     ("bench_flask.py", ("flask", "flask_sqlalchemy", "sqlalchemy")),
     ("bench_async.py", ("sqlalchemy", "aiosqlite")),

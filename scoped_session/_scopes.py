@@ -173,8 +173,26 @@ class ThreadScope(Scope):
             # Set, not deleted: the next read stays on the fast path.
             self.slot.cell = EMPTY
         else:
-            self.track(cell)
+            self.tracked.add(cell)
             self.slot.cell = cell
+
+    # resolve() and leave() read the slot directly: every WSGI request and thread
+    # job opens and ends a unit, and the base's calls through get()/install()
+    # are most of that bookkeeping.
+
+    def resolve(self) -> Cell | None:
+        cell = self.slot.cell
+        if not cell.ended:  # the common case: a live cell, or none (EMPTY)
+            return cell if cell.is_cell else None
+        return super().resolve()
+
+    def leave(self, cell: Cell) -> None:
+        slot = self.slot
+        if slot.cell is cell:
+            # The shadowed cell was tracked when it was installed first.
+            prev = cell.prev
+            slot.cell = EMPTY if prev is None else prev
+            cell.prev = None
 
     def label(self) -> str:
         return f"the thread {threading.current_thread().name!r}"

@@ -54,17 +54,18 @@ class Request:
         return f"{self.prefix}{environ.get('REQUEST_METHOD', '?')} {path}"
 
 
-def end_or_raise(
-    units: Units, commit: bool, environ: WSGIEnvironment, reaped: bool = False
-) -> None:
-    """End every unit by the policy; raise the failure (or a group of them)."""
-    end_units(units, commit=commit, where=Request(environ), reaped=reaped)
+def end_or_raise(units: Units, commit: bool, where: Request, reaped: bool = False) -> None:
+    """End every unit by the policy; raise the failure (or a group of them).
+
+    :param where: the request, as its units are labelled (made once per request).
+    """
+    end_units(units, commit=commit, where=where, reaped=reaped)
 
 
-def roll_back(units: Units, environ: WSGIEnvironment, error: BaseException) -> None:
+def roll_back(units: Units, where: Request, error: BaseException) -> None:
     """Roll back and end every unit after the request failed with ``error``; their
     failures are logged, never raised, so that the request's own error propagates."""
-    end_units(units, commit=False, error=error, where=Request(environ))
+    end_units(units, commit=False, error=error, where=where)
 
 
 def close_quietly(body: object) -> None:
@@ -80,19 +81,19 @@ class Response:
     """The response iterable of a streamed body: ends the request's units when
     the server closes it, or at once when the body raises."""
 
-    __slots__ = ("_body", "_environ", "_next", "_units", "live")
+    __slots__ = ("_body", "_next", "_units", "_where", "live")
 
     def __init__(
         self,
         body: t.Iterable[bytes],
         next_chunk: t.Callable[[], bytes],
         units: Units,
-        environ: WSGIEnvironment,
+        where: Request,
     ) -> None:
         self._body = body
         self._next = next_chunk
         self._units = units
-        self._environ = environ
+        self._where = where
         # Popped exactly once, by whichever of close(), a failure or the
         # finalizer gets there first (list.pop is atomic).
         self.live = [True]
@@ -117,7 +118,7 @@ class Response:
         except IndexError:
             return
         close_quietly(self._body)
-        roll_back(self._units, self._environ, error)
+        roll_back(self._units, self._where, error)
 
     def close(self) -> None:
         """Close the app's iterable, then end the request's units.
@@ -139,9 +140,9 @@ class Response:
             try:
                 close()
             except BaseException as exc:
-                roll_back(self._units, self._environ, exc)
+                roll_back(self._units, self._where, exc)
                 raise
-        end_or_raise(self._units, commit, self._environ, reaped)
+        end_units(self._units, commit=commit, where=self._where, reaped=reaped)
 
     def __del__(self) -> None:
         if not self.live:
@@ -153,7 +154,7 @@ class Response:
         try:
             if any(unit.active for unit in self._units):
                 message = (
-                    f"The response to {Request(self._environ)} was garbage collected"
+                    f"The response to {Request(self._where.environ)} was garbage collected"
                     " without close(); its database sessions were closed now (rolled"
                     " back). A WSGI server must call close() on the response iterable"
                     " (PEP 3333): use a server that does, or call close() on the"
@@ -181,12 +182,12 @@ class CommittingResponse(Response):
         body: t.Iterable[bytes],
         next_chunk: t.Callable[[], bytes],
         units: Units,
-        environ: WSGIEnvironment,
+        where: Request,
         gate: Gate,
     ) -> None:
         self._gate = gate
         self._finished = False
-        super().__init__(body, next_chunk, units, environ)
+        super().__init__(body, next_chunk, units, where)
 
     def __next__(self) -> bytes:
         try:
@@ -224,6 +225,7 @@ class Gate:
         "_start_response",
         "_units",
         "_veto",
+        "_where",
         "_write",
         "decision",
         "exc_info",
@@ -238,9 +240,11 @@ class Gate:
         environ: WSGIEnvironment,
         start_response: StartResponse,
         units: Units,
+        where: Request,
     ) -> None:
         self._veto = veto
         self._environ = environ
+        self._where = where
         self._start_response = start_response
         self._units = units
         self._write: t.Callable[[bytes], object] | None = None
@@ -294,7 +298,7 @@ class Gate:
     def flush(self) -> None:
         """Commit (or not), then let the held status through to the server."""
         if self.decide():
-            commit_all(self._units, self._environ)
+            commit_all(self._units, self._where)
         self.send()
 
     def send(self) -> None:
@@ -314,8 +318,8 @@ def status_code(status: str) -> int:
         return 500
 
 
-def commit_all(units: Units, environ: WSGIEnvironment) -> None:
+def commit_all(units: Units, where: Request) -> None:
     """Commit each unit's session in order, by the policy; the units stay open for
     the caller to end (a failed commit rolls the rest back there)."""
     sessions = [unit.session for unit in units if unit.session is not None]
-    end_sessions(sessions, commit=True, close=False, where=Request(environ))
+    end_sessions(sessions, commit=True, close=False, where=where)

@@ -47,7 +47,7 @@ import logging
 import typing as t
 
 from ._arguments import check_flag
-from ._ending import end_sessions_async
+from ._ending import Runner, end_sessions_async
 from ._proxy import ScopedSession
 from ._tasks import run_to_end
 from ._units import UnitBase, UnitOfWork
@@ -62,6 +62,7 @@ Receive = t.Callable[[], t.Awaitable[Message]]
 Send = t.Callable[[Message], t.Awaitable[None]]
 ASGIApp = t.Callable[[Message, Receive, Send], t.Awaitable[None]]
 AnyScopedSession = ScopedSession[t.Any] | AsyncScopedSession[t.Any]
+R = t.TypeVar("R")
 
 
 async def _in_thread(func: t.Callable[[], object]) -> None:
@@ -77,6 +78,35 @@ async def _run(method: t.Callable[[], object]) -> None:
         await t.cast("t.Awaitable[object]", method())
     else:
         await _in_thread(method)
+
+
+async def _to_end(ending: t.Coroutine[t.Any, t.Any, R]) -> R:
+    """Await ``ending`` to its end even if the caller is cancelled meanwhile, as
+    ``run_to_end`` does, but without a task of its own when it finishes without
+    waiting (async sessions with nothing to flush, no session made): nothing can
+    cancel a step that never suspends, and a task costs two trips through the
+    event loop per request."""
+    try:
+        waiting = ending.send(None)
+    except StopIteration as done:
+        result: R = done.value
+        return result
+    return await run_to_end(_resume(ending, waiting))
+
+
+async def _resume(ending: t.Coroutine[t.Any, t.Any, R], waiting: object) -> R:
+    """Drive ``ending`` on, in the task ``run_to_end`` gives it: ``waiting`` is what
+    it yielded to its task (an asyncio future, or None to let the loop run once),
+    which it reads the outcome of when resumed."""
+    while True:
+        if waiting is None:
+            await asyncio.sleep(0)
+        else:
+            await asyncio.wait((t.cast("asyncio.Future[t.Any]", waiting),))
+        try:
+            waiting = ending.send(None)
+        except StopIteration as done:
+            return t.cast("R", done.value)
 
 
 def _is_context_scoped(scoped: ScopedSession[t.Any]) -> bool:
@@ -138,6 +168,11 @@ class ScopedSessionMiddleware:
         self.app = app
         self.sessions = sessions
         self.commit = commit
+        # Async sessions' steps are awaited as they are; a sync session's go to a
+        # worker thread (see _run), which costs a check per step.
+        self._run: Runner | None = (
+            None if all(isinstance(s, AsyncScopedSession) for s in sessions) else _run
+        )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.app!r} sessions={len(self.sessions)}>"
@@ -157,18 +192,21 @@ class ScopedSessionMiddleware:
         started: list[UnitBase[t.Any]] = []
         try:
             for scoped in self.sessions:
+                # Not AsyncUnitOfWork[t.Any](...): a subscripted class is a typing
+                # object whose call costs more than the unit's bookkeeping.
                 if isinstance(scoped, AsyncScopedSession):
-                    started.append(AsyncUnitOfWork[t.Any](scoped).start())
+                    started.append(AsyncUnitOfWork(scoped).start())
                 else:
-                    started.append(UnitOfWork[t.Any](scoped).start())
+                    started.append(UnitOfWork(scoped).start())
         except BaseException as exc:
-            await _end_all(started, False, "a request", exc)
+            await _end_all(started, False, "a request", self._run, exc)
             raise
         return started
 
     async def _http(self, scope: Message, receive: Receive, send: Send) -> None:
         units = await self._start()
         where = f"{scope.get('method', '?')} {scope.get('path', '')}"
+        run = self._run
         held: Message | None = None  # commit=True: the start message, until the body
         commit = False  # whether to commit at the end (the status allowed it)
         trailers = False
@@ -189,7 +227,7 @@ class ScopedSessionMiddleware:
             if held is not None:
                 if commit:
                     try:
-                        await _commit_all(units, where)
+                        await _commit_all(units, where, run)
                     except BaseException:
                         held, commit = None, False
                         raise
@@ -198,20 +236,20 @@ class ScopedSessionMiddleware:
             await send(message)
             if not ended and _is_last(message, trailers):
                 ended = True
-                failures.extend(await _end_all(units, commit, where))
+                failures.extend(await _end_all(units, commit, where, run))
 
         try:
             await self.app(scope, receive, send_through)
         except BaseException as exc:
             if not ended:
                 ended = True
-                await _end_all(units, False, where, exc)
+                await _end_all(units, False, where, run, exc)
             raise
         if not ended:
             # The app returned before its last body message: the client went away,
             # or the response is incomplete. Nothing of it is committed.
             ended = True
-            failures.extend(await _end_all(units, False, where))
+            failures.extend(await _end_all(units, False, where, run))
             if held is not None:
                 await send(held)
         _raise(failures)
@@ -222,9 +260,9 @@ class ScopedSessionMiddleware:
         try:
             await self.app(scope, receive, send)
         except BaseException as exc:
-            await _end_all(units, False, where, exc)
+            await _end_all(units, False, where, self._run, exc)
             raise
-        _raise(await _end_all(units, self.commit, where))
+        _raise(await _end_all(units, self.commit, where, self._run))
 
 
 def _is_last(message: Message, trailers: bool) -> bool:
@@ -236,15 +274,20 @@ def _is_last(message: Message, trailers: bool) -> bool:
     return kind == "http.response.pathsend"
 
 
-async def _commit_all(units: list[UnitBase[t.Any]], where: str) -> None:
+async def _commit_all(units: list[UnitBase[t.Any]], where: str, run: Runner | None) -> None:
     """Commit each unit's session in order, by the policy. A failure is raised; the
     units stay open for the caller to roll back and end."""
     sessions = [unit.session for unit in units if unit.session is not None]
-    await run_to_end(end_sessions_async(sessions, commit=True, close=False, where=where, run=_run))
+    if sessions:
+        await _to_end(end_sessions_async(sessions, commit=True, close=False, where=where, run=run))
 
 
 async def _end_all(
-    units: list[UnitBase[t.Any]], commit: bool, where: str, error: BaseException | None = None
+    units: list[UnitBase[t.Any]],
+    commit: bool,
+    where: str,
+    run: Runner | None,
+    error: BaseException | None = None,
 ) -> list[BaseException]:
     """End every unit by the policy, to its end even if cancelled meanwhile (the
     cancellation is re-raised after). The policy's failure is returned, not raised:
@@ -254,9 +297,11 @@ async def _end_all(
         _, session = unit.detach()
         if session is not None:
             sessions.append(session)
+    if not sessions:  # the request never used a session: nothing to end
+        return []
     try:
-        await run_to_end(
-            end_sessions_async(sessions, commit=commit, error=error, where=where, run=_run)
+        await _to_end(
+            end_sessions_async(sessions, commit=commit, error=error, where=where, run=run)
         )
     except asyncio.CancelledError:
         raise

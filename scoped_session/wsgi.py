@@ -61,10 +61,11 @@ Units = tuple[UnitOfWork[t.Any], ...]
 
 
 class _ThreadRecord(threading.local):
-    #: The last streamed response begun on this thread: its ``_open`` flag, its
-    #: units and its environ. Still open when the thread takes its next request
-    #: means the server never closed it.
-    pending: tuple[list[bool], Units, WSGIEnvironment] | None = None
+    #: The last streamed response begun on this thread: its ``live`` flag, its
+    #: units and its request (not the response: that would outlive its last
+    #: reference and escape its finalizer). Still live when the thread takes its
+    #: next request means the server never closed it.
+    pending: tuple[list[bool], Units, Request] | None = None
 
 
 class ScopedSessionMiddleware:
@@ -129,40 +130,47 @@ class ScopedSessionMiddleware:
         pending = record.pending
         if pending is not None and pending[0]:
             _end_stale(pending)
-        units = _start(self.sessions, environ)
+        # One label names the request everywhere: in its units (a reap warning)
+        # and when they end (a failure's log); it is formatted only then.
+        where = Request(environ, "the request ")
+        units = _start(self.sessions, where)
         if self.commit:
-            return self._call_committing(environ, start_response, units)
+            return self._call_committing(environ, start_response, units, where)
         try:
             body = self.app(environ, start_response)
         except BaseException as exc:
-            roll_back(units, environ, exc)
+            roll_back(units, where, exc)
             raise
         kind = type(body)
         if kind is list or kind is tuple or kind is environ.get("wsgi.file_wrapper"):
             # Finished before it was returned: nothing of the app runs later.
             try:
-                end_or_raise(units, False, environ)
+                end_or_raise(units, False, where)
             except BaseException:
                 close_quietly(body)
                 raise
             return body
         try:
-            response = Response(body, iter(body).__next__, units, environ)
+            response = Response(body, iter(body).__next__, units, where)
         except BaseException as exc:
             close_quietly(body)
-            roll_back(units, environ, exc)
+            roll_back(units, where, exc)
             raise
-        record.pending = (response.live, units, environ)
+        record.pending = (response.live, units, where)
         return response
 
     def _call_committing(
-        self, environ: WSGIEnvironment, start_response: StartResponse, units: Units
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        units: Units,
+        where: Request,
     ) -> t.Iterable[bytes]:
-        gate = Gate(self.veto, environ, start_response, units)
+        gate = Gate(self.veto, environ, start_response, units, where)
         try:
             body = self.app(environ, gate.start_response)
         except BaseException as exc:
-            roll_back(units, environ, exc)
+            roll_back(units, where, exc)
             raise
         try:
             kind = type(body)
@@ -171,35 +179,33 @@ class ScopedSessionMiddleware:
             ):
                 # A finished body: commit (or roll back) and end now, then let
                 # the status through.
-                end_or_raise(units, gate.decide(), environ)
+                end_or_raise(units, gate.decide(), where)
                 gate.send()
                 return body
-            response = CommittingResponse(body, iter(body).__next__, units, environ, gate)
+            response = CommittingResponse(body, iter(body).__next__, units, where, gate)
         except BaseException as exc:
             close_quietly(body)
-            roll_back(units, environ, exc)
+            roll_back(units, where, exc)
             raise
-        self._local.pending = (response.live, units, environ)
+        self._local.pending = (response.live, units, where)
         return response
 
 
-def _start(sessions: tuple[ScopedSession[t.Any], ...], environ: WSGIEnvironment) -> Units:
-    # The label names the request in a reap warning, formatted only then.
-    label = Request(environ, "the request ")
+def _start(sessions: tuple[ScopedSession[t.Any], ...], where: Request) -> Units:
     if len(sessions) == 1:  # the common case: nothing to undo if it fails
-        return (UnitOfWork(sessions[0], False, label).start(),)
+        return (UnitOfWork(sessions[0], False, where).start(),)
     started: list[UnitOfWork[t.Any]] = []
     try:
         for scoped in sessions:
-            started.append(UnitOfWork(scoped, False, label).start())
+            started.append(UnitOfWork(scoped, False, where).start())
     except BaseException as exc:
-        roll_back(tuple(started), environ, exc)
+        roll_back(tuple(started), where, exc)
         raise
     return tuple(started)
 
 
-def _end_stale(pending: tuple[list[bool], Units, WSGIEnvironment]) -> None:
-    _, units, environ = pending
+def _end_stale(pending: tuple[list[bool], Units, Request]) -> None:
+    _, units, where = pending
     stale = tuple(unit for unit in units if unit.active)
     if not stale:
         return
@@ -207,8 +213,8 @@ def _end_stale(pending: tuple[list[bool], Units, WSGIEnvironment]) -> None:
         "The response to %s was never closed: the WSGI server did not call close() on"
         " it, so its database session stayed open until this thread's next request."
         " Closed it now (rolled back). Use a server that calls close() (PEP 3333).",
-        Request(environ),
+        Request(where.environ),
     )
     # Each failure is logged by the policy; the new request must not fail for it.
     with contextlib.suppress(Exception):
-        end_units(stale, commit=False, where=Request(environ), reaped=True)
+        end_units(stale, commit=False, where=where, reaped=True)

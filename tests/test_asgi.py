@@ -585,3 +585,45 @@ def test_fastapi_sync_and_async_endpoints_share_the_requests_sessions(
         assert_clean(db)
 
     sqlite_adb.run(run)
+
+
+def test_a_close_that_waits_finishes_when_the_request_is_cancelled_meanwhile() -> None:
+    # The ending runs inline until it first waits, then in a task of its own
+    # that a cancellation of the request does not reach.
+    closing = asyncio.Event()
+    release = asyncio.Event()
+    closed: list[bool] = []
+
+    class SlowSession:
+        async def close(self) -> None:
+            closing.set()
+            await release.wait()
+            closed.append(True)
+
+    Session = AsyncScopedSession(SlowSession)
+
+    async def app(scope: Message, receive: Receive, send: Send) -> None:
+        Session()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass
+
+    async def main() -> None:
+        middleware = ScopedSessionMiddleware(app, Session)
+        task = asyncio.create_task(middleware(http_scope(), receive, send))
+        await asyncio.wait_for(closing.wait(), 10)
+        task.cancel()
+        await asyncio.sleep(0)
+        assert not task.done()  # still waiting for the close, not abandoning it
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+        assert closed == [True]
+        assert Session.stats().live == 0
+
+    asyncio.run(main())
