@@ -234,8 +234,13 @@ def run_program(program: Program, folder: Path) -> None:
     if program.outputs:
         assert out == "".join(program.outputs), f"{program.where} printed:\n{out}"
     if any(Path(name).name.startswith("test_") for name in program.files):
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"]
+        if "pytest_asyncio" not in "".join(program.files.values()):
+            # A program that does not use pytest-asyncio runs as where it is not
+            # installed: loaded, it warns at start-up unless its ini key is set.
+            command += ["-p", "no:asyncio"]
         result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"],
+            command,
             cwd=folder,
             capture_output=True,
             text=True,
