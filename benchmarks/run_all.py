@@ -28,6 +28,7 @@ BENCHMARKS: list[tuple[str, tuple[str, ...]]] = [
     ("bench_worker.py", ()),
     ("bench_flask.py", ("flask", "flask_sqlalchemy", "sqlalchemy")),
     ("bench_async.py", ("sqlalchemy", "aiosqlite")),
+    ("bench_celery.py", ("celery", "sqlalchemy")),
 ]
 
 

@@ -20,10 +20,14 @@ def check_flag(value: object, name: str) -> bool:
     return value
 
 
-def registries(value: object, what: str, cls: type[t.Any] | None = None) -> tuple[t.Any, ...]:
+def registries(
+    value: object, what: str, cls: type[t.Any] | None = None, argument: str = "session"
+) -> tuple[t.Any, ...]:
     """Validate the registries an integration was given: one registry or a non-empty
     sequence of them, each once, of ``cls`` (``Registry`` by default), none of them a
-    FlaskScopedSession (whose sessions only Flask's application context ends)."""
+    FlaskScopedSession (whose sessions only Flask's application context ends).
+    ``argument`` names the parameter (or attribute) the registries came in, for
+    messages."""
     from ._registry import Registry
 
     kind = Registry if cls is None else cls
@@ -50,9 +54,9 @@ def registries(value: object, what: str, cls: type[t.Any] | None = None) -> tupl
     for item in found:
         if item.scope_kind == "flask":
             raise TypeError(
-                f"{what} cannot end a FlaskScopedSession's sessions: they live on"
-                " Flask's application context, which only Flask's request handling"
-                f" opens and ends. Give {what} a ScopedSession of its own"
+                f"{what} got a FlaskScopedSession as {argument}, and cannot end its"
+                " sessions: they live on Flask's application context, which only"
+                f" Flask opens and ends. Pass a ScopedSession of its own as {argument}"
                 " (ScopedSession(sessionmaker(engine))), or push 'app.app_context()'"
                 " in the work and let the FlaskScopedSession end it there."
             )

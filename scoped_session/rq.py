@@ -74,7 +74,10 @@ class ScopedJob(Job):
         name = cls.__qualname__
         if "scoped_sessions" in cls.__dict__:
             cls.scoped_sessions = registries(
-                cls.__dict__["scoped_sessions"], f"{name}.scoped_sessions", ScopedSession
+                cls.__dict__["scoped_sessions"],
+                f"{name}.scoped_sessions",
+                ScopedSession,
+                argument="scoped_sessions",
             )
         check_flag(cls.commit, f"{name}.commit")
 

@@ -145,7 +145,7 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
         **executor_kwargs: t.Any,
     ) -> None:
         scoped: tuple[ScopedSession[t.Any], ...] = registries(
-            sessions, "ScopedThreadPoolExecutor()", ScopedSession
+            sessions, "ScopedThreadPoolExecutor()", ScopedSession, argument="sessions"
         )
         if per not in _PER:
             raise ValueError(

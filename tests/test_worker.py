@@ -76,7 +76,7 @@ def test_refuses_a_flask_scoped_session() -> None:
     FlaskSession = FlaskScopedSession(TrivialSession)
     for sessions in (FlaskSession, [ScopedSession(TrivialSession), FlaskSession]):
         with pytest.raises(
-            TypeError, match=r"ScopedThreadPoolExecutor\(\) cannot end a Flask"
+            TypeError, match=r"ScopedThreadPoolExecutor\(\) got a FlaskScopedSession as sessions"
         ) as refused:
             ScopedThreadPoolExecutor(sessions, max_workers=1)
         assert "ScopedSession(sessionmaker(engine))" in str(refused.value)
