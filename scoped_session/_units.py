@@ -19,7 +19,7 @@ from ._ending import Ending, end_sessions
 from ._exceptions import ScopedSessionError
 from ._registry import Registry
 
-__all__ = ["QueryProperty", "UnitBase", "UnitOfWork", "end_units"]
+__all__ = ["QueryProperty", "UnitBase", "UnitOfWork", "end_units", "take_loose"]
 
 S = t.TypeVar("S")
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
@@ -214,6 +214,18 @@ def end_units(
         if session is not None:
             sessions.append(session)
     return end_sessions(sessions, commit=commit, error=error, where=where)
+
+
+def take_loose(registry: Registry[t.Any]) -> t.Any:
+    """Take the caller's session if it was made outside any unit of work, counted
+    as removed, for the caller to end: what a job left behind after its unit ended
+    (a Celery task's handlers). A session of an open unit is left alone."""
+    cell, _ = registry._caller_cell()
+    if cell is None or cell.depth:
+        return None
+    session = cell.take_to_close()
+    registry._scope.release(cell)
+    return session
 
 
 class QueryProperty:

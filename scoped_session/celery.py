@@ -17,23 +17,27 @@
         Session.add(Note(text=text))    # this task's own session, committed
                                         # before the task counts as a success
 
-Each task run by a worker (any pool: prefork, threads, solo) gets a unit of work
-that starts in ``task_prerun`` and ends in ``task_postrun``: on success, on
-failure and on retry, the session is closed (rolled back unless committed).
-A task run eagerly (``task_always_eager``, ``task.apply()``) inside an open unit
-of work joins it: it uses the caller's session, which the caller ends.
+Each task's body runs in a unit of work per registry: its sessions are closed
+when the body returns or raises (rolled back unless committed). The unit is made
+part of the task by wrapping each task's ``run`` when the app is finalized (a
+worker always finalizes its app before it runs a task); Celery's signals would cost
+every task more than the unit itself. A task run eagerly (``task_always_eager``,
+``task.apply()``) inside an open unit of work joins it: it uses the caller's
+session, which the caller ends. So does a task's function called from another
+task's body.
 
-``commit=True`` commits when the task's body has returned, *before* Celery
-stores the result or sends callbacks: a failed commit is the task's exception,
-so the task is FAILURE, or is retried when its ``autoretry_for`` covers the
-error (the commit runs inside Celery's automatic-retry wrapper). A task whose
-commit failed is never SUCCESS. The commit is made part of the task by wrapping
-each task's ``run`` when the app is finalized (a worker always finalizes its app
-before it runs a task); the signals alone cannot do it, since ``task_postrun``
-is sent after the result is stored. One gap is left: a task whose tracer was
-built before the wrapper existed (the first eager ``apply()`` of a task in a
-process whose app was never finalized) is committed in ``task_postrun``, and a
-failure there is only logged.
+``commit=True`` commits when the body has returned, *before* Celery stores the
+result or sends callbacks: a failed commit is the task's exception, so the task
+is FAILURE, or is retried when its ``autoretry_for`` covers the error (the commit
+runs inside Celery's automatic-retry wrapper). A task whose commit failed is never
+SUCCESS.
+
+After each run (``task_postrun``) a session made outside the unit, by the task's
+handlers (``on_success``, ``after_return``), is closed. A task defined after its app
+was finalized is wrapped then, for its later runs; its first run, unwrapped, is
+ended there too: committed when it succeeded (with ``commit=True``), a failure
+only logged. (Run eagerly outside any unit, that first run cannot tell its session
+from one its caller made before and left open: it ends that one.)
 
 Sessions inherited by a prefork pool process are dropped (never closed) in
 ``worker_process_init``. For the engine's pooled connections call
@@ -51,10 +55,11 @@ import typing as t
 from celery import Celery, signals  # type: ignore[import-untyped]
 
 from ._arguments import check_flag, registries
+from ._ending import end_sessions
 from ._exceptions import ScopedSessionError
 from ._proxy import ScopedSession
 from ._registry import forget_all
-from ._units import UnitOfWork, end_units
+from ._units import UnitOfWork, end_units, take_loose
 
 __all__ = ["init_celery"]
 
@@ -63,22 +68,8 @@ logger = logging.getLogger("scoped_session")
 _SUCCESS = "SUCCESS"
 
 
-class _Run:
-    """One task run's units of work, from ``task_prerun`` to ``task_postrun``."""
-
-    __slots__ = ("claimed", "decided", "units")
-
-    def __init__(self, units: list[UnitOfWork[t.Any]]) -> None:
-        self.units = units
-        #: The wrapped run of this task run has started (a direct call of the
-        #: same task from inside its body must not claim it again).
-        self.claimed = False
-        #: The commit was decided inside the run: task_postrun only closes.
-        self.decided = False
-
-
 class _Wiring:
-    """The signal handlers and the run wrapper of one ``init_celery()`` call.
+    """The run wrapper and the signal handlers of one ``init_celery()`` call.
 
     The handlers are bound methods connected weakly: the wiring lives as long
     as its app (which holds it), and the global signals never keep either alive.
@@ -90,27 +81,20 @@ class _Wiring:
         self.app = app
         self.sessions = sessions
         self.commit = commit
-        # Where a task's run is kept on its request, and the mark of a run this
-        # wiring wrapped: one name per wiring, so two wirings on one app never
-        # end or commit each other's units.
-        self.attr = f"_scoped_session_units_{id(self):x}"
+        # The mark of a run this wiring wrapped: one name per wiring, so that two
+        # wirings on one app each wrap the run once.
+        self.attr = f"_scoped_session_run_{id(self):x}"
         self.pid = os.getpid()
-        #: Per task name: what logs call its runs, and the task object whose
-        #: run this wiring wrapped (task_prerun checks it at no more cost).
-        self.labels: dict[str, str] = {}
+        #: Per task name: the task object whose run this wiring wrapped.
         self.wrapped: dict[str, object] = {}
 
     def connect(self) -> None:
-        signals.task_prerun.connect(self.task_prerun)
         signals.task_postrun.connect(self.task_postrun)
         signals.worker_process_init.connect(self.worker_process_init)
-        if self.commit:
-            if self.app.finalized:
-                self.wrap_all()
-            else:
-                self.app.on_after_finalize.connect(self.on_after_finalize, weak=True)
-
-    # -- the commit inside the task's run ------------------------------------------
+        if self.app.finalized:
+            self.wrap_all()
+        else:
+            self.app.on_after_finalize.connect(self.on_after_finalize, weak=True)
 
     def on_after_finalize(self, sender: t.Any = None, **kw: t.Any) -> None:
         if sender is self.app:
@@ -120,109 +104,60 @@ class _Wiring:
         for task in list(self.app.tasks.values()):
             self.wrap(task)
 
-    def wrap(self, task: t.Any) -> bool:
-        """Make the task's run commit the run's sessions before it returns.
+    def wrap(self, task: t.Any) -> None:
+        """Run the task's body in a unit of work per registry.
 
         A task with ``autoretry_for`` keeps its body in ``_orig_run``, called by
-        Celery's retry wrapper: the commit goes inside that wrapper, so that a
+        Celery's retry wrapper: the unit goes inside that wrapper, so that a
         failed commit is retried like any error of the body.
-
-        Returns whether a tracer built before this call misses the wrapper (it
-        holds the old ``run``; the retry wrapper looks ``_orig_run`` up per call).
         """
         self.wrapped[task.name] = task
         target = "_orig_run" if "_orig_run" in vars(task) else "run"
         inner = getattr(task, target)
         if getattr(inner, self.attr, False):
-            return False
-        claim, commit_run = self.claim, self.commit_run
+            return
+        sessions, commit, where = self.sessions, self.commit, f"the task {task.name}"
 
         @functools.wraps(inner)
         def run(*args: t.Any, **kwargs: t.Any) -> t.Any:
-            record = claim(task)
-            result = inner(*args, **kwargs)
-            if record is not None:
-                commit_run(record, task)
+            units: list[UnitOfWork[t.Any]] = [
+                UnitOfWork(scoped, commit, where).start() for scoped in sessions
+            ]
+            try:
+                result = inner(*args, **kwargs)
+            except BaseException as exc:
+                end_units(units, commit=False, error=exc, where=where)
+                raise
+            # Committed (when asked) and closed before Celery stores the result:
+            # a failed commit raises into the tracer, and the task is FAILURE or
+            # retried. A joined unit (an eager task inside the caller's unit)
+            # belongs to the caller, who ends it.
+            end_units(units, commit=commit, where=where)
             return result
 
         setattr(run, self.attr, True)
         setattr(task, target, run)
-        return target == "run"
-
-    def claim(self, task: t.Any) -> _Run | None:
-        """The run the traced request of ``task`` opened, the first time only.
-
-        A base class whose ``__call__`` calls ``super().__call__()`` pushes a
-        request of its own on top of the traced one, hence the walk down.
-        """
-        for request in reversed(task.request_stack.stack):
-            record: _Run | None = getattr(request, self.attr, None)
-            if record is not None:
-                if record.claimed:
-                    return None
-                record.claimed = True
-                return record
-        return None
-
-    def commit_run(self, record: _Run, task: t.Any) -> None:
-        record.decided = True
-        # A joined unit (an eager task inside the caller's unit) belongs to
-        # the caller, who commits it.
-        units = [unit for unit in record.units if not unit.joined]
-        # The sessions are committed and closed now (their connections go back
-        # to the pool before the result is stored); the units stay open until
-        # task_postrun, so that what runs meanwhile (on_success, callbacks)
-        # gets sessions that are closed too. A failed commit raises into the
-        # tracer: the task is FAILURE (or retried); the rest were rolled back.
-        end_units(units, commit=True, where=self.label(task), keep_open=True)
-
-    def label(self, task: t.Any) -> str:
-        name: str = task.name
-        label = self.labels.get(name)
-        if label is None:
-            label = self.labels[name] = f"the task {name}"
-        return label
-
-    # -- the signals -------------------------------------------------------------
-
-    def task_prerun(self, sender: t.Any = None, task: t.Any = None, **kw: t.Any) -> None:
-        if task is None or task.app is not self.app:
-            return
-        label, commit = self.label(task), self.commit
-        units: list[UnitOfWork[t.Any]] = [
-            UnitOfWork(scoped, commit, label).start() for scoped in self.sessions
-        ]
-        # The request is per task run and per thread, and nested eager runs
-        # (a retry run eagerly) push their own: no global map to leak from.
-        record = _Run(units)
-        setattr(task.request, self.attr, record)
-        if commit and self.wrapped.get(task.name) is not task and self.wrap(task):
-            # A task registered after the app was finalized: its later runs
-            # commit inside the run; this one, whose tracer holds the old run,
-            # commits in task_postrun (a direct call of the task from its body
-            # must not claim the run meanwhile).
-            record.claimed = True
 
     def task_postrun(
         self, sender: t.Any = None, task: t.Any = None, state: str | None = None, **kw: t.Any
     ) -> None:
         if task is None or task.app is not self.app:
             return
-        request = task.request
-        record: _Run | None = getattr(request, self.attr, None)
-        if record is None:
+        late = self.wrapped.get(task.name) is not task
+        if late:
+            # Defined after the app was finalized: wrapped for its later runs.
+            self.wrap(task)
+        if task.request.is_eager and not late:
+            # A wrapped eager run ended its own unit: a session left in the
+            # caller's thread is the caller's.
             return
-        delattr(request, self.attr)
-        units = record.units
-        if record.decided and all(unit.session is None for unit in units):
-            # Committed and closed in the run, nothing made since: only the
-            # bookkeeping is left.
-            for unit in units:
-                unit.detach()
-            return
-        commit = self.commit and state == _SUCCESS and not record.decided
-        # Celery logs what a signal handler raises; the task's state is final.
-        end_units(units, commit=commit, where=self.label(task))
+        loose = [session for session in map(take_loose, self.sessions) if session is not None]
+        if loose:
+            # Made outside the run's unit: by a handler, or by a run that was
+            # not wrapped yet (committed when it succeeded, as its unit would
+            # have been). Celery logs what a signal handler raises.
+            commit = late and self.commit and state == _SUCCESS
+            end_sessions(loose, commit=commit, where=f"the task {task.name}")
 
     def worker_process_init(self, **kw: t.Any) -> None:
         # The core drops inherited sessions in an os.fork() hook already; this
