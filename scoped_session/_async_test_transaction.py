@@ -24,6 +24,7 @@ from ._test_transaction import (
     Leaks,
     TestTransaction,
     checked_out,
+    joined_kwargs,
     make_transaction_real,
 )
 from .asyncio import AsyncScopedSession
@@ -80,7 +81,10 @@ class AsyncTestTransaction:
         try:
             self.outer = await connection.begin()
             await connection.run_sync(make_transaction_real)
-            joined = [JoinedFactory(factory, self._overrides(factory)) for factory in factories]
+            joined = [
+                JoinedFactory(factory, joined_kwargs(factory, connection, self.engine))
+                for factory in factories
+            ]
             if self.sync is not None:
                 self.sync.begin()
         except BaseException:
@@ -89,19 +93,6 @@ class AsyncTestTransaction:
         for scoped, factory in zip(self.registries, joined, strict=True):
             self.originals.append((scoped, scoped.session_factory))
             scoped.session_factory = factory
-
-    def _overrides(self, factory: async_sessionmaker[t.Any]) -> dict[str, t.Any]:
-        overrides: dict[str, t.Any] = {
-            "bind": self.connection,
-            "join_transaction_mode": "create_savepoint",
-        }
-        binds = factory.kw.get("binds")
-        if binds:
-            overrides["binds"] = {
-                key: self.connection if target is self.engine else target
-                for key, target in binds.items()
-            }
-        return overrides
 
     async def end(self) -> Leaks:
         """Close every session (counting those a task left behind), restore the

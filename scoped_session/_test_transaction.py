@@ -21,11 +21,29 @@ __all__ = [
     "TestTransaction",
     "checked_out",
     "close_all",
+    "joined_kwargs",
     "sessionmaker_of",
 ]
 
 #: The ini option and the marker that turn the leak check on.
 LEAK_CHECK = "scoped_session_check_leaks"
+
+
+def joined_kwargs(factory: t.Any, connection: object, engine: object) -> dict[str, t.Any]:
+    """What a (sync or async) sessionmaker's sessions are made with during a test:
+    bound to the test connection, joining its transaction through savepoints.
+    Per-mapper binds win over ``bind``: those to the test engine must point at the
+    test connection too."""
+    overrides: dict[str, t.Any] = {
+        "bind": connection,
+        "join_transaction_mode": "create_savepoint",
+    }
+    binds = factory.kw.get("binds")
+    if binds:
+        overrides["binds"] = {
+            key: connection if target is engine else target for key, target in binds.items()
+        }
+    return overrides
 
 
 class Leaks(t.NamedTuple):
@@ -130,28 +148,16 @@ class TestTransaction:
         try:
             self.outer = connection.begin()
             make_transaction_real(connection)
-            joined = [JoinedFactory(factory, self._overrides(factory)) for factory in factories]
+            joined = [
+                JoinedFactory(factory, joined_kwargs(factory, connection, self.engine))
+                for factory in factories
+            ]
         except BaseException:
             connection.close()
             raise
         for scoped, factory in zip(self.registries, joined, strict=True):
             self.originals.append((scoped, scoped.session_factory))
             scoped.session_factory = factory
-
-    def _overrides(self, factory: sessionmaker[t.Any]) -> dict[str, t.Any]:
-        overrides: dict[str, t.Any] = {
-            "bind": self.connection,
-            "join_transaction_mode": "create_savepoint",
-        }
-        binds = factory.kw.get("binds")
-        if binds:
-            # Per-mapper binds win over ``bind``: those to the test engine must
-            # point at the test connection too.
-            overrides["binds"] = {
-                key: self.connection if target is self.engine else target
-                for key, target in binds.items()
-            }
-        return overrides
 
     def end(self) -> Leaks:
         """Close every session, restore the factories, roll back, close the
