@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import typing as t
 
-import pytest
-
 from ._proxy import ScopedSession
 from ._registry import Registry
 from ._tasks import drain_closing
@@ -24,6 +22,8 @@ from ._test_transaction import (
     Leaks,
     TestTransaction,
     checked_out,
+    ended_early,
+    factory_of,
     joined_kwargs,
     make_transaction_real,
 )
@@ -114,7 +114,7 @@ class AsyncTestTransaction:
                 open_sessions.append((index, scoped, count))
         for scoped, factory in self.originals:
             scoped.session_factory = factory
-        ended_early = not self.outer.is_active
+        was_ended = not self.outer.is_active
         try:
             if self.outer.is_active:
                 await self.outer.rollback()
@@ -140,15 +140,8 @@ class AsyncTestTransaction:
                 )
         if errors:
             raise errors[0]
-        if ended_early:
-            pytest.fail(
-                "scoped_session: the test transaction was ended during the test:"
-                " something called commit() or rollback() on its connection (the"
-                " value of scoped_session_async_transaction), so what the test wrote"
-                " may have been committed. Commit and roll back through the sessions:"
-                " in the test transaction they release and roll back savepoints.",
-                pytrace=False,
-            )
+        if was_ended:
+            ended_early("scoped_session_async_transaction")
         return leaks
 
 
@@ -168,21 +161,9 @@ def async_sessionmaker_of(
 ) -> async_sessionmaker[t.Any]:
     from sqlalchemy.ext.asyncio import async_sessionmaker
 
-    factory = scoped.session_factory
-    if isinstance(factory, JoinedFactory):
-        pytest.fail(
-            f"scoped_sessions[{index}] {scoped!r} is already in a test transaction;"
-            " an AsyncScopedSession can join one at a time.",
-            pytrace=False,
-        )
-    if not isinstance(factory, async_sessionmaker):
-        pytest.fail(
-            f"scoped_sessions[{index}] {scoped!r} has a session factory of type"
-            f" {type(factory).__name__}; the test transaction needs a"
-            " sqlalchemy.ext.asyncio.async_sessionmaker to bind its sessions to the"
-            " test's connection. Make it AsyncScopedSession(async_sessionmaker(engine)).",
-            pytrace=False,
-        )
+    factory: async_sessionmaker[t.Any] = factory_of(
+        scoped, index, async_sessionmaker, "sqlalchemy.ext.asyncio", "AsyncScopedSession"
+    )
     return factory
 
 

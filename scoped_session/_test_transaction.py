@@ -21,6 +21,8 @@ __all__ = [
     "TestTransaction",
     "checked_out",
     "close_all",
+    "ended_early",
+    "factory_of",
     "joined_kwargs",
     "sessionmaker_of",
 ]
@@ -175,7 +177,7 @@ class TestTransaction:
                     open_sessions.append((index, scoped, count))
         for scoped, factory in self.originals:
             scoped.session_factory = factory
-        ended_early = not self.outer.is_active
+        was_ended = not self.outer.is_active
         try:
             if self.outer.is_active:
                 self.outer.rollback()
@@ -185,15 +187,8 @@ class TestTransaction:
             self.connection.close()
         if errors:
             raise errors[0]
-        if ended_early:
-            pytest.fail(
-                "scoped_session: the test transaction was ended during the test:"
-                " something called commit() or rollback() on its connection (the"
-                " value of scoped_session_transaction), so what the test wrote may"
-                " have been committed. Commit and roll back through the sessions:"
-                " in the test transaction they release and roll back savepoints.",
-                pytrace=False,
-            )
+        if was_ended:
+            ended_early("scoped_session_transaction")
         return Leaks(open_sessions, checked_out(self.engine) - self.checked_out)
 
 
@@ -237,19 +232,46 @@ def plural(count: int, noun: str) -> str:
 def sessionmaker_of(scoped: ScopedSession[t.Any], index: int) -> sessionmaker[t.Any]:
     from sqlalchemy.orm import sessionmaker
 
+    factory: sessionmaker[t.Any] = factory_of(
+        scoped, index, sessionmaker, "sqlalchemy.orm", "ScopedSession"
+    )
+    return factory
+
+
+def factory_of(
+    scoped: Registry[t.Any], index: int, maker: type[t.Any], module: str, registry: str
+) -> t.Any:
+    """The ``maker`` (a sessionmaker, or an async_sessionmaker) of the registry at
+    ``index`` of the ``scoped_sessions`` fixture, or a test failure saying what to
+    pass: the test transaction binds the sessions it makes to its connection."""
     factory = scoped.session_factory
+    article = "an" if registry[0] in "AEIOU" else "a"
     if isinstance(factory, JoinedFactory):
         pytest.fail(
             f"scoped_sessions[{index}] {scoped!r} is already in a test transaction;"
-            " a ScopedSession can join one at a time.",
+            f" {article} {registry} can join one at a time.",
             pytrace=False,
         )
-    if not isinstance(factory, sessionmaker):
+    if not isinstance(factory, maker):
+        name = maker.__name__
         pytest.fail(
             f"scoped_sessions[{index}] {scoped!r} has a session factory of type"
             f" {type(factory).__name__}; the test transaction needs a"
-            " sqlalchemy.orm.sessionmaker to bind its sessions to the test's"
-            " connection. Make it ScopedSession(sessionmaker(engine)).",
+            f" {module}.{name} to bind its sessions to the test's"
+            f" connection. Make it {registry}({name}(engine)).",
             pytrace=False,
         )
     return factory
+
+
+def ended_early(fixture: str) -> t.NoReturn:
+    """Fail the test whose transaction was committed or rolled back on its
+    connection, by the test or the code under test."""
+    pytest.fail(
+        "scoped_session: the test transaction was ended during the test:"
+        " something called commit() or rollback() on its connection (the"
+        f" value of {fixture}), so what the test wrote may"
+        " have been committed. Commit and roll back through the sessions:"
+        " in the test transaction they release and roll back savepoints.",
+        pytrace=False,
+    )
