@@ -123,8 +123,9 @@ class Cell:
         found = []
         cell: Cell | None = self
         while cell is not None:
-            session = cell.take_to_close()
+            session = cell.take()
             if session is not None:
+                cell.stats.removed += 1
                 found.append(session)
             cell = cell.prev
         return found

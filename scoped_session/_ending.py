@@ -98,27 +98,35 @@ def end_sessions(
     error: BaseException | None = None,
     where: object = "a unit of work",
     close: bool = True,
-) -> Ending:
+) -> int:
     """Commit (when asked), close and report ``sessions`` by the policy; returns
-    the :class:`Ending` (``committed`` says how many were committed)."""
-    ending = Ending(commit=commit, error=error, where=where, close=close)
+    how many were committed."""
+    # Every request and job ends here: the Ending is made only once something
+    # fails, so that the usual end allocates nothing.
+    committing = commit and error is None
+    committed = 0
+    ending: Ending | None = None
     for session in sessions:
-        if ending.committing:
+        if committing:
             try:
                 session.commit()
             except BaseException as exc:
+                ending = ending or Ending(commit=commit, error=error, where=where, close=close)
                 ending.failed("commit", exc)
+                committing = False
             else:
-                ending.committed += 1
+                committed += 1
         if close:
             try:
                 session.close()
             except BaseException as exc:
+                ending = ending or Ending(commit=commit, error=error, where=where, close=close)
                 ending.failed("close", exc)
-        elif not ending.committing:
+        elif not committing:
             break
-    ending.finish()
-    return ending
+    if ending is not None:
+        ending.finish()
+    return committed
 
 
 async def end_sessions_async(
@@ -129,7 +137,7 @@ async def end_sessions_async(
     where: object = "a unit of work",
     close: bool = True,
     run: Runner | None = None,
-) -> Ending:
+) -> int:
     """:func:`end_sessions` for async sessions: the same steps, each awaited.
 
     :param run: performs a step instead (called with the bound method, it returns
@@ -153,7 +161,7 @@ async def end_sessions_async(
         elif not ending.committing:
             break
     ending.finish()
-    return ending
+    return ending.committed
 
 
 async def _await(method: t.Callable[[], object]) -> None:

@@ -15,7 +15,7 @@ import typing as t
 
 from ._arguments import sqlalchemy_module
 from ._cells import Cell
-from ._ending import Ending, end_sessions
+from ._ending import end_sessions
 from ._exceptions import ScopedSessionError
 from ._registry import Registry
 
@@ -144,8 +144,8 @@ class UnitOfWork(UnitBase[S]):
         if not ended or session is None:
             return
         wanted = self.commit if commit is None else commit
-        ending = end_sessions([session], commit=wanted, error=error, where=self.where)
-        self.committed = ending.committed > 0
+        committed = end_sessions([session], commit=wanted, error=error, where=self.where)
+        self.committed = committed > 0
 
     def __enter__(self) -> S:
         self.start()
@@ -195,7 +195,7 @@ def end_units(
     where: object,
     reaped: bool = False,
     keep_open: bool = False,
-) -> Ending:
+) -> int:
     """End several sync units at once, by ``_ending``'s policy: commit their
     sessions in order (when ``commit`` and no ``error``), close all, raise the
     failure or a group of them unless ``error`` is given.

@@ -230,10 +230,10 @@ class AsyncUnitOfWork(UnitBase[AS]):
             if busy is not None and not scope.strict:
                 scope.report(busy)
         wanted = self.commit if commit is None else commit
-        ending = await run_to_end(
+        committed = await run_to_end(
             end_sessions_async([session], commit=wanted, error=error, where=self.where)
         )
-        self.committed = ending.committed > 0
+        self.committed = committed > 0
         if busy is not None and isinstance(scope, TaskScope):
             scope.report(busy)  # strict: raised once the unit is over
 
