@@ -29,6 +29,7 @@ __all__ = [
     "NO_CONTEXT",
     "AppContextScope",
     "AppState",
+    "app_context",
     "check_app",
     "check_bind",
     "configured_engine",
@@ -60,15 +61,21 @@ NO_CONTEXT = (
 
 class AppState:
     """What a FlaskScopedSession keeps per app in ``app.extensions``: whether its
-    requests commit, and the app's engine (or connection), if it has one."""
+    requests commit, the app's engine (or connection), if it has one, and what
+    runs when one of its contexts gets its first cell."""
 
-    __slots__ = ("bind", "commit", "factory_kwargs")
+    __slots__ = ("bind", "commit", "factory_kwargs", "started", "where")
 
-    def __init__(self, commit: bool, bind: Engine | Connection | None) -> None:
+    def __init__(self, commit: bool, bind: Engine | Connection | None, where: str) -> None:
         self.commit = commit
         self.bind = bind
-        #: What the app's sessions are made with (see AppContextScope.factory_kwargs).
+        #: What the app's sessions are made with (see AppContextScope.admit).
         self.factory_kwargs: dict[str, t.Any] | None = None if bind is None else {"bind": bind}
+        #: Called with a context of the app when it gets its first cell (the
+        #: extension watches that request's response), or None.
+        self.started: t.Callable[[AppContext], None] | None = None
+        #: Names the app's contexts in logs.
+        self.where = where
 
 
 def check_app(app: object, call: str) -> Flask:
@@ -130,13 +137,13 @@ def dispose(engine: Engine, pid: int) -> None:
 #: documented way to the object behind Flask's ``app_ctx`` proxy, looked up once.
 #: Every use of a session reads it, and a lookup through the proxy costs more
 #: than the call itself.
-_app_context: t.Callable[[], AppContext] = app_ctx._get_current_object  # type: ignore[attr-defined]
+app_context: t.Callable[[], AppContext] = app_ctx._get_current_object  # type: ignore[attr-defined]
 
 
 def current_context() -> AppContext | None:
     """The current application context, or None."""
     try:
-        return _app_context()
+        return app_context()
     except RuntimeError:  # outside any application context
         return None
 
@@ -154,7 +161,7 @@ class _FlaskSlot(NoCell):
     def cell(self) -> Cell | NoCell:
         # The proxy's hot path: one read of the context, no call of our own.
         try:
-            return getattr(_app_context(), self._attr, self)
+            return getattr(app_context(), self._attr, self)
         except RuntimeError:  # outside any application context
             return self
 
@@ -168,7 +175,9 @@ class AppContextScope(Scope):
     """
 
     kind = "flask"
-    hooked = True
+    # The slot shows the context's cell exactly: no resolve() needed, and nothing
+    # to claim (a context is one thread's at a time).
+    admits = True
     # The context's end closes its session, always: nothing to warn about later.
     records_origin = False
 
@@ -193,7 +202,7 @@ class AppContextScope(Scope):
 
     def get(self) -> Cell | None:
         try:
-            found = _app_context().__dict__
+            found = app_context().__dict__
         except RuntimeError:  # outside any application context
             return None
         cell: Cell | None = found.get(self.cell_attr)
@@ -201,36 +210,35 @@ class AppContextScope(Scope):
 
     def install(self, cell: Cell | None) -> None:
         try:
-            found = _app_context().__dict__
+            context = app_context()
         except RuntimeError:
             if cell is None:
                 return
             raise NoScopeError(NO_CONTEXT) from None
+        found = context.__dict__
         if cell is None:
             found.pop(self.cell_attr, None)
-        else:
-            self.track(cell)
-            found[self.cell_attr] = cell
+            return
+        self.tracked.add(cell)
+        if self.cell_attr not in found:  # the context's first cell
+            state: AppState | None = context.app.extensions.get(self.key)
+            if state is not None and state.started is not None:
+                state.started(context)
+        found[self.cell_attr] = cell
 
-    def check(self) -> None:
-        # Before the factory runs: a session made outside any context, or in the
-        # context of an app nobody ends contexts for, would never be closed.
+    def admit(self) -> dict[str, t.Any] | None:
+        # A session made outside any context, or in the context of an app nobody
+        # ends contexts for, would never be closed.
         try:
-            app = _app_context().app
+            app = app_context().app
         except RuntimeError:
             raise NoScopeError(NO_CONTEXT) from None
-        if self.key not in app.extensions:
+        state: AppState | None = app.extensions.get(self.key)
+        if state is None:
             raise ScopedSessionError(
                 f"This FlaskScopedSession is not registered on the app {app.name!r}."
                 " Call Session.init_app(app) where the app is created."
             )
-
-    def factory_kwargs(self) -> dict[str, t.Any] | None:
-        # Runs right after check(), which found the app's state.
-        try:
-            state: AppState = _app_context().app.extensions[self.key]
-        except RuntimeError:
-            return None
         return state.factory_kwargs
 
     def register(self, app: Flask, state: AppState) -> None:
@@ -244,8 +252,3 @@ class AppContextScope(Scope):
 
     def label(self) -> str:
         return "an application context"
-
-    def take(self, context: AppContext) -> Cell | None:
-        """Take ``context``'s cell off it (None: the context never used a session)."""
-        cell: Cell | None = context.__dict__.pop(self.cell_attr, None)
-        return cell

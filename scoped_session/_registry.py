@@ -256,12 +256,11 @@ class Registry(t.Generic[S]):
                 " 'with Session.scope():' (or @Session.scope()), or run it under an"
                 " integration that opens one."
             )
-        if scope.hooked:
-            scope.check()
+        if scope.admits:
             # The scope's arguments (a Flask app's engine); the caller's win.
-            scoped_kw = scope.factory_kwargs()
+            scoped_kw = scope.admit()
             if scoped_kw:
-                kw = {**scoped_kw, **kw}
+                kw = {**scoped_kw, **kw} if kw else scoped_kw
         # Made before the registry is touched: a factory that raises leaves nothing.
         session = self.session_factory(**kw)
         if session is None:

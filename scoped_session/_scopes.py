@@ -60,10 +60,12 @@ class Scope:
     kind: str = "custom"
     #: Whether several threads can share a cell (a custom key): creation locks then.
     shared: bool = False
-    #: Whether :meth:`check` and :meth:`claim` do anything, and the caller's cell
-    #: needs :meth:`resolve` rather than a read of the slot: the registry's hot
-    #: paths skip them otherwise.
+    #: Whether :meth:`claim` does anything, and the caller's cell needs
+    #: :meth:`resolve` rather than a read of the slot: the registry's hot paths
+    #: skip them otherwise.
     hooked: bool = False
+    #: Whether :meth:`admit` is called before a session is made for the caller.
+    admits: bool = False
     #: Whether a cell made outside a unit of work records where its session was
     #: made, for the warning if it is reaped (a scope whose cells are always ended
     #: by an integration has no use for it).
@@ -115,14 +117,11 @@ class Scope:
         """A new cell for the caller (installed by the caller)."""
         return Cell(stats, prev, depth, label)
 
-    def check(self) -> None:
-        """Called before a session is made for the caller (when :attr:`hooked`):
-        raise where nobody would end it (Flask: no application context)."""
-
-    def factory_kwargs(self) -> dict[str, t.Any] | None:
-        """Keyword arguments for the factory, under the caller's own, for a session
-        made for the caller (when :attr:`hooked`, right after :meth:`check`): a
-        Flask app's engine as ``bind``. ``None``: none. Never mutated."""
+    def admit(self) -> dict[str, t.Any] | None:
+        """Called before a session is made for the caller (when :attr:`admits`):
+        raise where nobody would end it (Flask: no application context), else
+        return keyword arguments for the factory, under the caller's own (a Flask
+        app's engine as ``bind``), or ``None``. The dict is never mutated."""
         return None
 
     def claim(self, cell: Cell, session: object) -> None:

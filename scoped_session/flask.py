@@ -61,11 +61,11 @@ import functools
 import typing as t
 from types import GeneratorType
 
-from flask import Flask, Response
+from flask import Flask, Response, after_this_request
 from flask.ctx import AppContext
 
 from ._arguments import check_flag
-from ._cells import EMPTY
+from ._cells import Cell
 from ._ending import end_sessions
 from ._exceptions import NoScopeError, ScopedSessionError
 from ._flask_migrate import MigrateTarget
@@ -82,6 +82,7 @@ from ._flask_scope import (
     DATABASE_URI_KEY,
     AppContextScope,
     AppState,
+    app_context,
     check_app,
     check_bind,
     configured_engine,
@@ -213,16 +214,23 @@ class FlaskScopedSession(ScopedSession[S]):
             commit = check_flag(app.config.get(COMMIT_KEY, False), f"app.config[{COMMIT_KEY!r}]")
         if bind is None:
             bind = configured_engine(app)
-        state = registered[self] = AppState(commit, bind)
+        state = registered[self] = AppState(commit, bind, _where(app))
         self._flask_scope.register(app, state)
 
         # Plain functions, not signals: a signal with receivers costs every
-        # request of every app several microseconds; each returns at once for a
-        # request that never used the session. after_request handlers run in
+        # request of every app several microseconds. Flask's dispatch of each
+        # handler costs every request about a microsecond, so a request that
+        # never uses the session runs only the teardown, which returns at once.
+        # With commit, an app-wide after_request handler commits: they run in
         # reverse order of registration, so the ones an app registers after
-        # init_app() (the usual order) run before the commit.
-        app.after_request(self._after_request_handler(commit))
-        app.teardown_appcontext(self._teardown_handler())
+        # init_app() (the usual order) run before the commit. Without it, only
+        # a request that made a session watches its response, for a streamed
+        # body, with after_this_request.
+        if commit:
+            app.after_request(self._after_request_handler(state))
+        else:
+            state.started = self._watch_response
+        app.teardown_appcontext(self._teardown_handler(state))
 
     def get_engine(self, app: Flask | None = None) -> Engine:
         """The engine that ``app``'s sessions are bound to (the current app's by
@@ -268,38 +276,62 @@ class FlaskScopedSession(ScopedSession[S]):
     # thread: it is made on first use and emptied when the context is over. A
     # Session.scope() inside a context is a unit of its own, as anywhere else.
 
-    def _after_request_handler(self, commit: bool) -> t.Callable[[Response], Response]:
-        """The app's after_request handler: commit a successful response's session
-        before it is sent; hand the end of the context to a streamed response's
-        ``close()``."""
-        scope = self._flask_scope
+    def _after_request_handler(self, state: AppState) -> t.Callable[[Response], Response]:
+        """The after_request handler of an app whose requests commit."""
 
         def after_request(response: Response) -> Response:
-            # A generator body may run later in this context (stream_with_context
-            # pushes it again), or read through results and objects of this
-            # session. Other bodies cannot: an error page made by Flask, a file
-            # (whose response's close() is not even called with direct_passthrough).
-            body = response.response
-            if type(body) is GeneratorType and not response.direct_passthrough:
-                self._defer(response, body, commit and response.status_code < 400)
-            elif commit and response.status_code < 400:
-                context = current_context()
-                if context is not None:
-                    session = context.__dict__.get(scope.cell_attr, EMPTY).session
-                    if session is not None:
-                        # Raising here turns into a logged 500 response, by Flask.
-                        end_sessions([session], commit=True, close=False, where=_Where(context))
+            context = current_context()
+            if context is not None:
+                self._after(context, response, state)
             return response
 
         return after_request
 
+    def _watch_response(self, context: AppContext) -> None:
+        """A context of an app whose requests do not commit got its first cell: in
+        a request, watch its response for a streamed body."""
+
+        def after_this(response: Response) -> Response:
+            if type(response.response) is GeneratorType:
+                self._after(context, response, None)
+            return response
+
+        try:  # noqa: SIM105 - suppress() would cost every request a context manager
+            after_this_request(after_this)
+        except RuntimeError:  # not in a request: a CLI command, a script
+            pass
+
+    def _after(self, context: AppContext, response: Response, state: AppState | None) -> None:
+        """The response of ``context``'s request is ready. ``state`` given (the
+        app's requests commit): commit its session before it is sent. Either way,
+        hand the end of the context to a streamed body."""
+        found = context.__dict__
+        cell = found.get(self._flask_scope.cell_attr)
+        if cell is None and state is None:
+            return  # a nested context that is over already
+        # A generator body may run later in this context (stream_with_context
+        # pushes it again), or read through results and objects of this
+        # session. Other bodies cannot: an error page made by Flask, a file
+        # (whose response's close() is not even called with direct_passthrough).
+        body = response.response
+        if type(body) is GeneratorType and not response.direct_passthrough:
+            if self._flask_scope.state_attr not in found:
+                commit = state is not None and response.status_code < 400
+                self._defer(context, response, body, commit)
+        elif state is not None and cell is not None and response.status_code < 400:
+            session = cell.session
+            if session is not None:
+                # Raising here turns into a logged 500 response, by Flask.
+                end_sessions((session,), commit=True, close=False, where=state.where)
+
     def _defer(
-        self, response: Response, body: GeneratorType[t.Any, t.Any, t.Any], commit: bool
+        self,
+        context: AppContext,
+        response: Response,
+        body: GeneratorType[t.Any, t.Any, t.Any],
+        commit: bool,
     ) -> None:
-        """Hand the end of the current context to the streamed ``response``."""
-        context = current_context()
-        if context is None:
-            return
+        """Hand the end of ``context`` to its streamed ``response``."""
         # Its commit waits until the body has run to its end: committing now
         # would hand the session's connection back to the pool while the body
         # may still read a result the view opened on it, and another request
@@ -316,21 +348,23 @@ class FlaskScopedSession(ScopedSession[S]):
             del found[self._flask_scope.state_attr]
             self._end_context(context, deferred.error, commit=deferred.commit)
 
-    def _teardown_handler(self) -> t.Callable[[BaseException | None], None]:
+    def _teardown_handler(self, state: AppState) -> t.Callable[[BaseException | None], None]:
         """The app's teardown_appcontext handler: the application context is
         being popped, so close its session, unless this is the pop before a
         streamed body runs."""
         scope = self._flask_scope
 
         def teardown(exc: BaseException | None) -> None:
-            context = current_context()
-            if context is None:
+            # Every context of the app runs this: current_context() inlined.
+            try:
+                found = app_context().__dict__
+            except RuntimeError:  # pragma: no cover - Flask tears down a pushed context
                 return
-            found = context.__dict__
+            if scope.cell_attr not in found:  # the context never used a session
+                return
             deferred: _Deferred | None = found.get(scope.state_attr)
             if deferred is None:
-                if scope.cell_attr in found:  # else the context never used a session
-                    self._end_context(context, exc, commit=False)
+                _end_cell(found.pop(scope.cell_attr), exc, False, state.where)
             elif not (deferred.left or deferred.body.gi_running):
                 deferred.left = True
                 deferred.error = exc
@@ -340,30 +374,28 @@ class FlaskScopedSession(ScopedSession[S]):
                 # server calling close() after a complete body.
                 del found[scope.state_attr]
                 error = exc if exc is not None else deferred.error
-                self._end_context(context, error, commit=deferred.commit)
+                _end_cell(found.pop(scope.cell_attr), error, deferred.commit, state.where)
 
         return teardown
 
     def _end_context(
         self, context: AppContext, error: BaseException | None, *, commit: bool
     ) -> None:
-        """Empty the context's cell by the policy: commit (when asked and ``error``
-        is None), then close its session and any a unit left open there shadowed."""
-        cell = self._flask_scope.take(context)
-        if cell is None:  # the context never used a session
-            return
-        sessions = cell.sessions()
-        if sessions:
-            end_sessions(sessions, commit=commit, error=error, where=_Where(context))
+        """End ``context``'s cell, if it still has one (see :func:`_end_cell`)."""
+        cell = context.__dict__.pop(self._flask_scope.cell_attr, None)
+        if cell is not None:
+            state = self._flask_scope.state(context.app)
+            _end_cell(cell, error, commit, _where(context.app) if state is None else state.where)
 
 
-class _Where:
-    """Names an application context in logs, formatted only when one is written."""
+def _end_cell(cell: Cell, error: BaseException | None, commit: bool, where: str) -> None:
+    """Empty a context's cell by the policy: commit (when asked and ``error`` is
+    None), then close its session and any a unit left open there shadowed."""
+    sessions = cell.sessions()
+    if sessions:
+        end_sessions(sessions, commit=commit, error=error, where=where)
 
-    __slots__ = ("context",)
 
-    def __init__(self, context: AppContext) -> None:
-        self.context = context
-
-    def __str__(self) -> str:
-        return f"an application context of the app {self.context.app.name!r}"
+def _where(app: Flask) -> str:
+    """Names ``app``'s application contexts in logs."""
+    return f"an application context of the app {app.name!r}"

@@ -16,6 +16,7 @@ pytest.importorskip("flask", reason="Flask is not installed (extra 'flask')")
 
 from fakes import HAS_SQLALCHEMY, TrivialSession, needs_sqlalchemy
 from flask import Flask, Response, stream_with_context
+from flask.globals import request_ctx
 from werkzeug.test import EnvironBuilder
 
 from scoped_session import NoScopeError, ScopedSessionError
@@ -256,8 +257,9 @@ def stream_app(
     return app, Session, seen
 
 
-def test_stream_uses_the_view_session_and_closes_it_once(db: Database) -> None:
-    app, Session, seen = stream_app(db.engine, commit=True)
+@pytest.mark.parametrize("commit", [True, False])
+def test_stream_uses_the_view_session_and_closes_it_once(db: Database, commit: bool) -> None:
+    app, Session, seen = stream_app(db.engine, commit=commit)
     response = app.test_client().get("/stream", buffered=False)
     chunks = iter(response.response)
     assert next(chunks) == b"a"
@@ -274,8 +276,9 @@ def test_stream_uses_the_view_session_and_closes_it_once(db: Database) -> None:
     assert session.closes == 1
     response.close()
     assert session.closes == 1
-    # The view's write and the body's were committed once the body was over.
-    assert db.count_notes() == 2
+    # With commit, the view's write and the body's were committed once the body
+    # was over; without it, both were rolled back.
+    assert db.count_notes() == (2 if commit else 0)
     assert_clean(db, Session)
 
 
@@ -342,10 +345,11 @@ def test_stream_that_never_ran_is_closed_with_its_response(sqlite_engine: sa.Eng
     assert checkedout(sqlite_engine) == 0
 
 
+@pytest.mark.parametrize("commit", [True, False])
 def test_body_that_uses_the_session_first_gets_one_closed_at_the_end(
-    sqlite_engine: sa.Engine,
+    sqlite_engine: sa.Engine, commit: bool
 ) -> None:
-    app, Session, used = make(sqlite_engine, commit=True)
+    app, Session, used = make(sqlite_engine, commit=commit)
 
     @app.get("/")
     def view() -> Response:
@@ -361,9 +365,64 @@ def test_body_that_uses_the_session_first_gets_one_closed_at_the_end(
     response.close()
     assert used[0].closes == 1
     with sqlite_engine.connect() as conn:
-        assert conn.scalar(sa.text("SELECT count(*) FROM notes")) == 1
+        assert conn.scalar(sa.text("SELECT count(*) FROM notes")) == (1 if commit else 0)
+    assert checkedout(sqlite_engine) == 0
 
 
+def test_stream_after_a_nested_context_and_a_unit_is_ended_once(db: Database) -> None:
+    """Without commit, a request watches its response from its first session on:
+    a nested context's session and a unit's come and go before the response,
+    and the view's own session is still handed to the body, once."""
+    app, Session, used = make(db.engine)
+    outer: list[t.Any] = []
+
+    @app.get("/")
+    def view() -> Response:
+        with app.app_context():
+            used.append(Session())  # the nested context's, closed at its end
+        with Session.scope():
+            used.append(Session())  # the unit's, closed when it ends
+        session = Session()
+        outer.append(session)
+        notes = Session.scalars(sa.select(Note))
+
+        def body() -> t.Iterator[str]:
+            assert Session() is session
+            yield str(len(notes.all()))
+
+        return Response(stream_with_context(body()))
+
+    with app.test_client().get("/", buffered=False) as response:
+        assert [session.closes for session in used] == [1, 1]
+        assert outer[0].closes == 0  # kept for the body
+        assert response.get_data() == b"0"
+    assert [session.closes for session in [*used, *outer]] == [1, 1, 1]
+    assert_clean(db, Session)
+
+
+def test_a_request_that_never_uses_the_session_runs_only_the_teardown(
+    sqlite_engine: sa.Engine,
+) -> None:
+    """Flask's dispatch of each handler costs every request of the app: without
+    commit there is no app-wide after_request handler, and a request watches its
+    response only once it made a session."""
+    app, Session, _ = make(sqlite_engine)
+    committing, _, _ = make(sqlite_engine, commit=True)
+    watched: list[int] = []
+
+    @app.get("/<int:use>")
+    def view(use: int) -> str:
+        if use:
+            Session.info  # noqa: B018
+        watched.append(len(request_ctx._after_request_functions))
+        return "ok"
+
+    assert app.after_request_funcs == {}
+    assert len(app.teardown_appcontext_funcs) == 1
+    assert len(committing.after_request_funcs[None]) == 1
+    client = app.test_client()
+    assert client.get("/0").status_code == client.get("/1").status_code == 200
+    assert watched == [0, 1]
 # -- 4. no context; CLI and scripts ------------------------------------------------
 
 
