@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import types
 import typing as t
 
 __all__ = ["Ending", "end_sessions", "end_sessions_async", "raise_failures"]
@@ -143,29 +144,44 @@ async def end_sessions_async(
     :param run: performs a step instead (called with the bound method, it returns
         an awaitable): the ASGI middleware runs a sync session's on a thread.
     """
-    perform = _await if run is None else run
-    ending = Ending(commit=commit, error=error, where=where, close=close)
+    committing = commit and error is None
+    committed = 0
+    ending: Ending | None = None
     for session in sessions:
-        if ending.committing:
+        if committing:
             try:
-                await perform(session.commit)
+                step = _step(session.commit, run)
+                if step is not None:
+                    await step
             except BaseException as exc:
+                ending = ending or Ending(commit=commit, error=error, where=where, close=close)
                 ending.failed("commit", exc)
+                committing = False
             else:
-                ending.committed += 1
+                committed += 1
         if close:
             try:
-                await perform(session.close)
+                step = _step(session.close, run)
+                if step is not None:
+                    await step
             except BaseException as exc:
+                ending = ending or Ending(commit=commit, error=error, where=where, close=close)
                 ending.failed("close", exc)
-        elif not ending.committing:
+        elif not committing:
             break
-    ending.finish()
-    return ending.committed
+    if ending is not None:
+        ending.finish()
+    return committed
 
 
-async def _await(method: t.Callable[[], object]) -> None:
-    """Call ``method`` and await what it returns, if anything is to be awaited."""
+def _step(method: t.Callable[[], object], run: Runner | None) -> t.Awaitable[object] | None:
+    """Start one step: call ``method`` (or hand it to ``run``) and return what is
+    to be awaited, if anything."""
+    if run is not None:
+        return run(method)
     result = method()
-    if inspect.isawaitable(result):
-        await result
+    # A coroutine is what an async session returns: checked first, at C speed.
+    if type(result) is types.CoroutineType or inspect.isawaitable(result):
+        awaitable: t.Awaitable[object] = result  # (not a cast: that is a call)
+        return awaitable
+    return None

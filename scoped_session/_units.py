@@ -78,7 +78,8 @@ class UnitBase(t.Generic[S]):
     def session(self) -> S | None:
         """The unit's session if one was made, without making one."""
         cell = self._cell
-        return None if cell is None else t.cast("S | None", cell.session)
+        session: S | None = None if cell is None else cell.session
+        return session
 
     @property
     def where(self) -> object:
@@ -89,7 +90,8 @@ class UnitBase(t.Generic[S]):
         """Take the unit's session to close it, leaving the unit open (a worker
         thread's unit between jobs)."""
         cell = self._cell
-        return None if cell is None else t.cast("S | None", cell.take_to_close())
+        session: S | None = None if cell is None else cell.take_to_close()
+        return session
 
     def detach(self, reaped: bool = False) -> tuple[bool, S | None]:
         """End the unit's bookkeeping: whether this call ended it (once, from any

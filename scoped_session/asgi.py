@@ -180,15 +180,18 @@ class ScopedSessionMiddleware:
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            # Awaited as it is, not through a coroutine of its own: every request
+            # would make one more.
             await self._http(scope, receive, send)
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
-    async def _start(self) -> list[UnitBase[t.Any]]:
+    def _start(self) -> list[UnitBase[t.Any]]:
         # Opening a unit is bookkeeping only (no I/O), in the request's task: the
         # sync endpoints' threads get a copy of its context, hence its sessions.
+        # So is undoing it, before any session was made: no await needed.
         started: list[UnitBase[t.Any]] = []
         try:
             for scoped in self.sessions:
@@ -198,14 +201,15 @@ class ScopedSessionMiddleware:
                     started.append(AsyncUnitOfWork(scoped).start())
                 else:
                     started.append(UnitOfWork(scoped).start())
-        except BaseException as exc:
-            await _end_all(started, False, "a request", self._run, exc)
+        except BaseException:
+            for unit in reversed(started):
+                unit.detach()
             raise
         return started
 
     async def _http(self, scope: Message, receive: Receive, send: Send) -> None:
-        units = await self._start()
-        where = f"{scope.get('method', '?')} {scope.get('path', '')}"
+        units = self._start()
+        where = _Where((scope,))
         run = self._run
         held: Message | None = None  # commit=True: the start message, until the body
         commit = False  # whether to commit at the end (the status allowed it)
@@ -234,7 +238,13 @@ class ScopedSessionMiddleware:
                 start, held = held, None
                 await send(start)
             await send(message)
-            if not ended and _is_last(message, trailers):
+            if ended:
+                return
+            if kind == "http.response.body" and not trailers:  # the usual, inlined
+                last = not message.get("more_body", False)
+            else:
+                last = _is_last(message, trailers)
+            if last:
                 ended = True
                 failures.extend(await _end_all(units, commit, where, run))
 
@@ -252,17 +262,33 @@ class ScopedSessionMiddleware:
             failures.extend(await _end_all(units, False, where, run))
             if held is not None:
                 await send(held)
-        _raise(failures)
+        if failures:
+            _raise(failures)
 
     async def _websocket(self, scope: Message, receive: Receive, send: Send) -> None:
-        units = await self._start()
-        where = f"websocket {scope.get('path', '')}"
+        units = self._start()
+        where = _Where((scope,))
         try:
             await self.app(scope, receive, send)
         except BaseException as exc:
             await _end_all(units, False, where, self._run, exc)
             raise
-        _raise(await _end_all(units, self.commit, where, self._run))
+        failures = await _end_all(units, self.commit, where, self._run)
+        if failures:
+            _raise(failures)
+
+
+class _Where(tuple[Message]):
+    """Names a request in logs ("GET /notes", "websocket /feed") from its ASGI
+    scope, formatted only when one is written. A tuple: made without a call."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        scope = self[0]
+        if scope["type"] == "websocket":
+            return f"websocket {scope.get('path', '')}"
+        return f"{scope.get('method', '?')} {scope.get('path', '')}"
 
 
 def _is_last(message: Message, trailers: bool) -> bool:
@@ -274,10 +300,14 @@ def _is_last(message: Message, trailers: bool) -> bool:
     return kind == "http.response.pathsend"
 
 
-async def _commit_all(units: list[UnitBase[t.Any]], where: str, run: Runner | None) -> None:
+async def _commit_all(units: list[UnitBase[t.Any]], where: object, run: Runner | None) -> None:
     """Commit each unit's session in order, by the policy. A failure is raised; the
     units stay open for the caller to roll back and end."""
-    sessions = [unit.session for unit in units if unit.session is not None]
+    sessions = []
+    for unit in units:
+        session = unit.session
+        if session is not None:
+            sessions.append(session)
     if sessions:
         await _to_end(end_sessions_async(sessions, commit=True, close=False, where=where, run=run))
 
@@ -285,7 +315,7 @@ async def _commit_all(units: list[UnitBase[t.Any]], where: str, run: Runner | No
 async def _end_all(
     units: list[UnitBase[t.Any]],
     commit: bool,
-    where: str,
+    where: object,
     run: Runner | None,
     error: BaseException | None = None,
 ) -> list[BaseException]:
