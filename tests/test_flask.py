@@ -423,6 +423,8 @@ def test_a_request_that_never_uses_the_session_runs_only_the_teardown(
     client = app.test_client()
     assert client.get("/0").status_code == client.get("/1").status_code == 200
     assert watched == [0, 1]
+
+
 # -- 4. no context; CLI and scripts ------------------------------------------------
 
 
