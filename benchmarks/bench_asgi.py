@@ -12,9 +12,10 @@ async session class, so that only the bookkeeping is measured:
   Session.remove()`` on the same kind of registry (with ``commit=True``:
   ``await Session.commit()`` after the app, then the remove).
 
-The app is called directly, in one event loop, with a prepared scope, receive and
-send. Overhead = variant time - the bare app's time (the bare app makes and
-closes its session itself). Rounds are interleaved; each row shows the median
+The app is called directly, in one event loop, each request in a task of its
+own as a server runs it, with a prepared scope, receive and send. Overhead =
+variant time - the bare app's time (the bare app makes and closes its session
+itself). Rounds are interleaved; each row shows the median
 over rounds. Bar: ours <= 1.0x the raw middleware's overhead, with
 ``commit=False`` and with ``commit=True``.
 
@@ -38,7 +39,7 @@ from scoped_session.asyncio import AsyncScopedSession
 Message = t.MutableMapping[str, t.Any]
 Receive = t.Callable[[], t.Awaitable[Message]]
 Send = t.Callable[[Message], t.Awaitable[None]]
-ASGIApp = t.Callable[[Message, Receive, Send], t.Awaitable[None]]
+ASGIApp = t.Callable[[Message, Receive, Send], t.Coroutine[t.Any, t.Any, None]]
 
 #: Ours must cost at most this share of the raw middleware's overhead.
 BAR = 1.0
