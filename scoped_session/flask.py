@@ -121,9 +121,9 @@ class _Deferred:
     it ends the session. Flask 3.1 also pops the context once before the body
     runs (``stream_with_context`` pushes it again): that teardown leaves the
     session open. Flask 3.0 keeps the context pushed until the body is over.
-    A body that never ran is ended by the response's ``close()``. ``commit``
-    says whether the writes are to be committed; ``error`` is how the context
-    was first left.
+    A body that never ran is ended by the response's ``close()``, and rolled
+    back. ``commit`` says whether the writes are to be committed once the body
+    has run to its end; ``error`` is how the context was first left.
     """
 
     __slots__ = ("body", "commit", "error", "left")
@@ -342,11 +342,13 @@ class FlaskScopedSession(ScopedSession[S]):
 
     def _close_deferred(self, context: AppContext, deferred: _Deferred) -> None:
         # Runs from the response's close(), on whichever thread the server
-        # closes it; a body that ran has ended the context already.
+        # closes it. A body that ran to its end (or failed) has ended the context
+        # already; one still waiting here never did (the client went away before
+        # it ran), so nothing is committed, as for a client that leaves mid-stream.
         found = context.__dict__
         if found.get(self._flask_scope.state_attr) is deferred:
             del found[self._flask_scope.state_attr]
-            self._end_context(context, deferred.error, commit=deferred.commit)
+            self._end_context(context, deferred.error, commit=False)
 
     def _teardown_handler(self, state: AppState) -> t.Callable[[BaseException | None], None]:
         """The app's teardown_appcontext handler: the application context is

@@ -326,8 +326,13 @@ def test_stream_reads_a_result_the_view_opened_inside_its_transaction(db: Databa
     assert_clean(db, Session)
 
 
-def test_stream_that_never_ran_is_closed_with_its_response(sqlite_engine: sa.Engine) -> None:
-    app, _, seen = stream_app(sqlite_engine)
+@pytest.mark.parametrize("commit", [False, True])
+def test_stream_that_never_ran_is_closed_with_its_response(
+    sqlite_engine: sa.Engine, commit: bool
+) -> None:
+    """A client gone before the first chunk: the body never ran to its end, so
+    nothing is committed, even with commit=True (as when it leaves mid-stream)."""
+    app, _, seen = stream_app(sqlite_engine, commit=commit)
     started: list[str] = []
     environ = EnvironBuilder("/stream").get_environ()
 
@@ -343,6 +348,8 @@ def test_stream_that_never_ran_is_closed_with_its_response(sqlite_engine: sa.Eng
     # body's generator is closed.
     assert seen["teardowns"] in ([("NoneType", 0)], [("GeneratorExit", 0)])
     assert checkedout(sqlite_engine) == 0
+    with sqlite_engine.connect() as conn:
+        assert conn.scalar(sa.text("SELECT count(*) FROM notes")) == 0
 
 
 @pytest.mark.parametrize("commit", [True, False])
