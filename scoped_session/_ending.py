@@ -34,41 +34,25 @@ Runner = t.Callable[[t.Callable[[], object]], t.Awaitable[object]]
 class Ending:
     """What failed so far while ending some sessions, and what that decides.
 
-    The drivers below commit each session while :attr:`committing` holds and
-    close each while :attr:`close` does, and report every failure to
-    :meth:`failed`; :meth:`finish` applies the policy to the failures.
+    The drivers below make one at the first failure, report every failure to
+    :meth:`failed`, and call :meth:`finish`, which applies the policy.
 
-    :param commit: commit the sessions (unless ``error`` is given).
     :param error: the work's own exception: nothing is committed and no failure
         is raised, only logged.
     :param where: what the sessions belonged to, for the log: a string, or an
         object whose ``str()`` says it ("GET /notes"), formatted only when logged.
-    :param close: close them (``False``: commit only, stopping at the first
-        failure; the caller ends them later).
     """
 
-    __slots__ = ("close", "committed", "committing", "error", "failures", "where")
+    __slots__ = ("error", "failures", "where")
 
-    def __init__(
-        self,
-        *,
-        commit: bool = False,
-        error: BaseException | None = None,
-        where: object = "a unit of work",
-        close: bool = True,
-    ) -> None:
-        self.committing = commit and error is None
+    def __init__(self, error: BaseException | None, where: object) -> None:
         self.error = error
         self.where = where
-        self.close = close
         self.failures: list[BaseException] = []
-        #: How many sessions were committed.
-        self.committed = 0
 
     def failed(self, step: str, exc: BaseException) -> None:
         """The ``step`` (``"commit"`` or ``"close"``) of a session raised ``exc``."""
         if step == "commit":
-            self.committing = False
             logger.error(
                 "Committing a session failed for %s; the ones after it were not committed.",
                 self.where,
@@ -112,7 +96,7 @@ def end_sessions(
             try:
                 session.commit()
             except BaseException as exc:
-                ending = ending or Ending(commit=commit, error=error, where=where, close=close)
+                ending = ending or Ending(error, where)
                 ending.failed("commit", exc)
                 committing = False
             else:
@@ -121,7 +105,7 @@ def end_sessions(
             try:
                 session.close()
             except BaseException as exc:
-                ending = ending or Ending(commit=commit, error=error, where=where, close=close)
+                ending = ending or Ending(error, where)
                 ending.failed("close", exc)
         elif not committing:
             break
@@ -154,7 +138,7 @@ async def end_sessions_async(
                 if step is not None:
                     await step
             except BaseException as exc:
-                ending = ending or Ending(commit=commit, error=error, where=where, close=close)
+                ending = ending or Ending(error, where)
                 ending.failed("commit", exc)
                 committing = False
             else:
@@ -165,7 +149,7 @@ async def end_sessions_async(
                 if step is not None:
                     await step
             except BaseException as exc:
-                ending = ending or Ending(commit=commit, error=error, where=where, close=close)
+                ending = ending or Ending(error, where)
                 ending.failed("close", exc)
         elif not committing:
             break
