@@ -348,7 +348,9 @@ class FlaskScopedSession(ScopedSession[S]):
         found = context.__dict__
         if found.get(self._flask_scope.state_attr) is deferred:
             del found[self._flask_scope.state_attr]
-            self._end_context(context, deferred.error, commit=False)
+            cell = found.pop(self._flask_scope.cell_attr, None)
+            if cell is not None:
+                _end_cell(cell, deferred.error, False, _where(context.app))
 
     def _teardown_handler(self, state: AppState) -> t.Callable[[BaseException | None], None]:
         """The app's teardown_appcontext handler: the application context is
@@ -379,15 +381,6 @@ class FlaskScopedSession(ScopedSession[S]):
                 _end_cell(found.pop(scope.cell_attr), error, deferred.commit, state.where)
 
         return teardown
-
-    def _end_context(
-        self, context: AppContext, error: BaseException | None, *, commit: bool
-    ) -> None:
-        """End ``context``'s cell, if it still has one (see :func:`_end_cell`)."""
-        cell = context.__dict__.pop(self._flask_scope.cell_attr, None)
-        if cell is not None:
-            state = self._flask_scope.state(context.app)
-            _end_cell(cell, error, commit, _where(context.app) if state is None else state.where)
 
 
 def _end_cell(cell: Cell, error: BaseException | None, commit: bool, where: str) -> None:
