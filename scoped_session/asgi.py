@@ -238,13 +238,7 @@ class ScopedSessionMiddleware:
                 start, held = held, None
                 await send(start)
             await send(message)
-            if ended:
-                return
-            if kind == "http.response.body" and not trailers:  # the usual, inlined
-                last = not message.get("more_body", False)
-            else:
-                last = _is_last(message, trailers)
-            if last:
+            if not ended and _is_last(message, trailers):
                 ended = True
                 failures.extend(await _end_all(units, commit, where, run))
 
