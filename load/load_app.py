@@ -613,6 +613,36 @@ def resident_in_use_kb() -> int:
     return rss_kb()
 
 
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2``: ten ``size_t`` counters."""
+
+    _fields_ = [
+        ("arena", ctypes.c_size_t),
+        ("ordblks", ctypes.c_size_t),
+        ("smblks", ctypes.c_size_t),
+        ("hblks", ctypes.c_size_t),
+        ("hblkhd", ctypes.c_size_t),  # bytes in chunks mapped on their own
+        ("usmblks", ctypes.c_size_t),
+        ("fsmblks", ctypes.c_size_t),
+        ("uordblks", ctypes.c_size_t),  # bytes handed out from the arenas
+        ("fordblks", ctypes.c_size_t),
+        ("keepcost", ctypes.c_size_t),
+    ]
+
+
+def heap_in_use_kb() -> int | None:
+    """What this process's C allocator has handed out and not had back, mapped
+    chunks included (glibc 2.33+; None elsewhere). Unlike resident memory it
+    does not move with fragmentation or with what the allocator keeps."""
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return int(info.uordblks + info.hblkhd) // 1024
+
+
 def rss_kb(pid: int | str = "self") -> int:
     """The resident set size of a process, from /proc (Linux)."""
     with open(f"/proc/{pid}/status") as status:
@@ -722,6 +752,7 @@ class LoadApp:
             "request_threads": tracker.drain_threads(),
             "next_key": next(self.keys),  # no row ever has it: a bound for this round
             "rss_kb": resident_in_use_kb(),
+            "heap_kb": heap_in_use_kb(),
             # After the collection in tracker.alive(): Python's own heap, which
             # native allocator fragmentation does not blur.
             "py_blocks": sys.getallocatedblocks(),

@@ -403,6 +403,24 @@ class Client:
 # -- a round ---------------------------------------------------------------------------
 
 
+class Memory(t.NamedTuple):
+    """A server's memory, read when it is quiet (or its growth between two
+    readings): resident kB, what its C allocator has handed out in kB (None
+    where glibc cannot tell), and Python's heap blocks."""
+
+    rss_kb: int
+    heap_kb: int | None
+    py_blocks: int
+
+    def __sub__(self, other: object) -> Memory:
+        if not isinstance(other, Memory):
+            return NotImplemented
+        heap = None
+        if self.heap_kb is not None and other.heap_kb is not None:
+            heap = self.heap_kb - other.heap_kb
+        return Memory(self.rss_kb - other.rss_kb, heap, self.py_blocks - other.py_blocks)
+
+
 class Target:
     """One server under load: where it listens, and what it reported."""
 
@@ -563,10 +581,10 @@ class LoadRun:
         self.load_seconds = 0.0  # spent in rounds, checks aside
         self.totals: dict[str, Tally] = {}
         self.jobs_committed = 0
-        #: Each server's (resident kB, Python heap blocks) after the first
-        #: round (the warm-up) and after the last one, both taken when quiet.
-        self.memory_baseline: dict[str, tuple[int, int]] = {}
-        self.memory_last: dict[str, tuple[int, int]] = {}
+        #: Each server's memory after the first round (the warm-up) and after
+        #: the last one, both taken when quiet.
+        self.memory_baseline: dict[str, Memory] = {}
+        self.memory_last: dict[str, Memory] = {}
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> LoadRun:
@@ -641,7 +659,7 @@ class LoadRun:
             target.last = stats
             target.key_low = stats["next_key"]
             self.totals[target.name].merge(tallies[target.name], keys=False)
-            memory = (stats["rss_kb"], stats["py_blocks"])
+            memory = Memory(stats["rss_kb"], stats["heap_kb"], stats["py_blocks"])
             self.memory_last[target.name] = memory
             self.memory_baseline.setdefault(target.name, memory)
         problems.extend(f"werkzeug: log: {line}" for line in self.logs.leaks())
@@ -651,13 +669,9 @@ class LoadRun:
     def requests(self) -> int:
         return sum(tally.requests for tally in self.totals.values())
 
-    def memory_growth(self) -> dict[str, tuple[int, int]]:
-        """Each server's growth since the first round (the warm-up): resident
-        memory in kB, and Python heap blocks."""
-        return {
-            name: (self.memory_last[name][0] - rss, self.memory_last[name][1] - blocks)
-            for name, (rss, blocks) in self.memory_baseline.items()
-        }
+    def memory_growth(self) -> dict[str, Memory]:
+        """Each server's growth since the first round (the warm-up)."""
+        return {name: self.memory_last[name] - base for name, base in self.memory_baseline.items()}
 
     def finish(self) -> list[str]:
         """Stop gunicorn and check that its backends went away with it."""
@@ -708,12 +722,14 @@ class LoadRun:
             )
         )
         memory = []
-        for name, (rss_before, blocks_before) in self.memory_baseline.items():
-            rss_now, blocks_now = self.memory_last[name]
+        for name, before in self.memory_baseline.items():
+            now = self.memory_last[name]
+            growth = now - before
+            heap = "n/a" if growth.heap_kb is None else f"{growth.heap_kb / 1024:+.2f} MiB"
             memory.append(
-                f"{name} resident {rss_before / 1024:.1f} -> {rss_now / 1024:.1f} MiB"
-                f" ({(rss_now - rss_before) / 1024:+.1f}),"
-                f" Python heap blocks {blocks_now - blocks_before:+d}"
+                f"{name} resident {before.rss_kb / 1024:.1f} -> {now.rss_kb / 1024:.1f} MiB"
+                f" ({growth.rss_kb / 1024:+.1f}), C heap in use {heap},"
+                f" Python heap blocks {growth.py_blocks:+d}"
             )
         lines.append("memory after warm-up -> now: " + "; ".join(memory))
         return "\n".join(lines)

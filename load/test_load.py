@@ -24,13 +24,9 @@ POSTGRES_ENV = "SCOPED_SESSION_TEST_POSTGRES_URL"
 #: Resident memory gunicorn's worker may gain between the end of the warm-up
 #: and the end of the run, both measured when it is quiet.
 RSS_GROWTH_LIMIT_KB = 4 * 1024
-#: The in-process server starts a thread per connection in the test process
-#: (which also runs the clients). With that churn glibc's per-thread arenas
-#: fragment and its cache of dead threads' stacks (up to 40 MiB) fills and
-#: empties: tox's load env caps the arenas at 2 and turns the stack cache off,
-#: and the app trims the heap before reading its resident size. The bound is
-#: still looser there, and Python's own heap is held tight instead.
-RSS_GROWTH_LIMIT_IN_PROCESS_KB = 12 * 1024
+#: What each server's C allocator may hand out and not get back over the same
+#: span (glibc's count of bytes in use, fragmentation and reserve aside).
+HEAP_GROWTH_LIMIT_KB = 2 * 1024
 #: The least bound on Python heap growth (blocks), for short runs.
 BLOCKS_GROWTH_FLOOR = 8_000
 
@@ -71,18 +67,19 @@ def test_mixed_load(pg_url: str, tmp_path: Path) -> None:
         missing = [kind for kind in load_run.MIX if not tally.count(kind)]
         assert missing == [], name
     growth = run.memory_growth()
-    assert growth["gunicorn"][0] < RSS_GROWTH_LIMIT_KB, growth
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        # Without it (set by tox's load env) glibc's arenas alone have grown the
-        # in-process server by tens of MB in a run whose Python heap grew by a
-        # few hundred blocks: resident memory says nothing about leaks there.
-        # (With it but with the stack cache on, one run here measured +38.7 MiB
-        # where the runs around it measured -18 MiB.)
-        assert growth["werkzeug"][0] < RSS_GROWTH_LIMIT_IN_PROCESS_KB, growth
+    assert growth["gunicorn"].rss_kb < RSS_GROWTH_LIMIT_KB, growth
+    # The in-process server's resident size is not held to a bound: it starts
+    # a thread per connection in the test process (which also checks the
+    # rounds), and with that churn its resident memory moves in steps of about
+    # 10 MiB, both ways, from one quiet reading to the next while the bytes in
+    # use stay put (see docs/reliability.md). Both servers' C heaps are held
+    # instead, where glibc can count them.
+    for name, memory in growth.items():
+        assert memory.heap_kb is None or memory.heap_kb < HEAP_GROWTH_LIMIT_KB, (name, growth)
     # Python's heap settles a little more after the warm-up (a few thousand
     # blocks at most: caches, pools, peak concurrency), far less than one block
     # per request of a default run: a session, a cell or a frame kept per
     # request would fail this.
     measured_requests = run.requests() - warm_requests
     limit = max(measured_requests // 2, BLOCKS_GROWTH_FLOOR)
-    assert all(blocks < limit for _, blocks in growth.values()), growth
+    assert all(memory.py_blocks < limit for memory in growth.values()), growth
