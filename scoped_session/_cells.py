@@ -123,9 +123,8 @@ class Cell:
         found = []
         cell: Cell | None = self
         while cell is not None:
-            session = cell.take()
+            session = cell.take_to_close()
             if session is not None:
-                cell.stats.removed += 1
                 found.append(session)
             cell = cell.prev
         return found

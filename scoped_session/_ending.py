@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import types
 import typing as t
 
 __all__ = ["Ending", "end_sessions", "end_sessions_async", "raise_failures"]
@@ -164,8 +163,4 @@ def _step(method: t.Callable[[], object], run: Runner | None) -> t.Awaitable[obj
     if run is not None:
         return run(method)
     result = method()
-    # A coroutine is what an async session returns: checked first, at C speed.
-    if type(result) is types.CoroutineType or inspect.isawaitable(result):
-        awaitable: t.Awaitable[object] = result  # (not a cast: that is a call)
-        return awaitable
-    return None
+    return result if inspect.isawaitable(result) else None

@@ -256,8 +256,7 @@ class ScopedSessionMiddleware:
             failures.extend(await _end_all(units, False, where, run))
             if held is not None:
                 await send(held)
-        if failures:
-            _raise(failures)
+        _raise(failures)
 
     async def _websocket(self, scope: Message, receive: Receive, send: Send) -> None:
         units = self._start()
@@ -267,9 +266,7 @@ class ScopedSessionMiddleware:
         except BaseException as exc:
             await _end_all(units, False, where, self._run, exc)
             raise
-        failures = await _end_all(units, self.commit, where, self._run)
-        if failures:
-            _raise(failures)
+        _raise(await _end_all(units, self.commit, where, self._run))
 
 
 class _Where(tuple[Message]):
