@@ -21,18 +21,14 @@ def check_flag(value: object, name: str) -> bool:
 
 
 def registries(
-    value: object, what: str, cls: type[t.Any] | None = None, argument: str = "session"
+    value: object, what: str, kind: type[t.Any], argument: str = "session"
 ) -> tuple[t.Any, ...]:
     """Validate the registries an integration was given: one registry or a non-empty
-    sequence of them, each once, of ``cls`` (``Registry`` by default), none of them a
-    FlaskScopedSession (whose sessions only Flask's application context ends).
-    ``argument`` names the parameter (or attribute) the registries came in, for
-    messages."""
-    from ._registry import Registry
-
-    kind = Registry if cls is None else cls
+    sequence of them, each once, of ``kind``, none of them a FlaskScopedSession
+    (whose sessions only Flask's application context ends). ``argument`` names the
+    parameter (or attribute) the registries came in, for messages."""
     name = kind.__name__
-    if isinstance(value, Registry):
+    if isinstance(value, kind):
         found: tuple[t.Any, ...] = (value,)
     elif isinstance(value, t.Sequence) and not isinstance(value, str | bytes):
         found = tuple(value)

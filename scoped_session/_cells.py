@@ -1,8 +1,11 @@
-"""Cells: the slot that holds at most one session, and what a registry counts.
+"""Cells: the unit of work, a slot that holds at most one session.
 
-A scope (``_scopes.py``) hands each thread, context, key or request a cell of its
-own. The identity of a scope's entry is the cell object, never a key that can be
-reused: not ``id()`` of anything, not a thread ident. A cell that is dropped while
+A cell is what a request, job, task or thread gets from each registry: one small
+object, opened on the caller's slot by ``_registry.open_unit()`` and ended exactly
+once by :meth:`Cell.detach` (called by ``_ending``), from any thread. A scope
+(``_scopes.py``) hands each thread, context, key or request a cell of its own. The
+identity of a scope's entry is the cell object, never a key that can be reused:
+not ``id()`` of anything, not a thread ident. A cell that is dropped while
 it still holds a session (its thread ended, its context was collected) hands it to
 :meth:`Cell.reap`; a cell inherited through ``os.fork()`` never does, because
 closing would talk on the parent's sockets.
@@ -16,8 +19,9 @@ import sys
 import threading
 import types
 import typing as t
+import weakref
 
-__all__ = ["EMPTY", "Cell", "NoCell", "Stats", "describe", "origin_text"]
+__all__ = ["EMPTY", "Cell", "Home", "NoCell", "Stats", "describe", "origin_text"]
 
 logger = logging.getLogger("scoped_session")
 
@@ -51,15 +55,39 @@ class Stats:
         self.reaped = 0
 
 
-class Cell:
-    """A slot that holds at most one session (``None`` while empty).
+class Home(t.Protocol):
+    """What a cell needs of its scope when its unit ends: give the caller back the
+    cell it shadowed."""
 
-    ``depth`` counts the units of work open on the cell (0: a session made outside
-    any unit). An ended unit's cell keeps ``prev``, the cell it shadowed, so that
-    the owner gets it back even when the unit was ended from another thread.
+    def leave(self, cell: Cell) -> None: ...
+
+
+class Cell:
+    """A slot that holds at most one session (``None`` while empty), and the unit of
+    work opened on it.
+
+    ``depth`` counts the units open on the cell (0: a session made outside any
+    unit; 2 or more: units that joined it). An ended unit's cell keeps ``prev``,
+    the cell it shadowed, so that the owner gets it back even when the unit was
+    ended from another thread. ``home`` reaches its scope weakly: the scope's
+    storage holds the cell, and a strong reference back would make a cycle that
+    only the garbage collector could free. ``handed`` marks a unit handed over to
+    a response that outlives the call that opened it: a later request's unit on
+    the same slot never joins it.
     """
 
-    __slots__ = ("__weakref__", "depth", "ended", "label", "origin", "prev", "session", "stats")
+    __slots__ = (
+        "__weakref__",
+        "depth",
+        "ended",
+        "handed",
+        "home",
+        "label",
+        "origin",
+        "prev",
+        "session",
+        "stats",
+    )
 
     session: t.Any
     #: What the cell is for (a thread's name, a WSGI environ, a job), for the reap
@@ -73,15 +101,47 @@ class Cell:
     is_cell = True
 
     def __init__(
-        self, stats: Stats, prev: Cell | None = None, depth: int = 0, label: object = None
+        self,
+        stats: Stats,
+        prev: Cell | None = None,
+        depth: int = 0,
+        label: object = None,
+        home: weakref.ref[Home] | None = None,
     ) -> None:
         self.session = None
         self.stats = stats
         self.prev = prev
         self.depth = depth
         self.ended = False
+        self.handed = False
         self.label = label
         self.origin = None
+        self.home = home
+
+    def detach(self, reaped: bool = False) -> t.Any:
+        """End the unit's bookkeeping and return its session for the caller to end
+        (``None``: nothing to end). A joined unit only leaves; the outermost one
+        empties the cell and gives the owner back the cell it shadowed, from any
+        thread. Calling it again returns ``None``.
+
+        :param reaped: a backstop ends it (counted in ``stats().reaped``).
+        """
+        depth = self.depth
+        if depth > 1:
+            self.depth = depth - 1
+            return None
+        if self.ended:
+            return None
+        # Closed to newcomers first: a unit started meanwhile on the owner's side
+        # gets a fresh cell, not this dying one.
+        self.depth = 0
+        self.ended = True
+        session = self.take_to_close(reaped=reaped)
+        home = self.home
+        scope = None if home is None else home()
+        if scope is not None:
+            scope.leave(self)
+        return session
 
     if _GIL:
 

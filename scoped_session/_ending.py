@@ -15,6 +15,11 @@ This is not a two-phase commit: sessions committed before a failed one stay
 committed. :func:`end_sessions` performs the steps; :func:`end_sessions_async`
 awaits those that return awaitables, or hands each to a runner (the ASGI
 middleware runs a sync session's on a worker thread).
+
+Every integration ends its units here, with one call: :func:`end_units` (or
+:func:`end_units_async`) ends a request's, job's or task's cells, one per registry,
+and :func:`commit_units` (:func:`commit_units_async`) commits them without ending
+them, before a response's status goes out.
 """
 
 from __future__ import annotations
@@ -23,7 +28,20 @@ import inspect
 import logging
 import typing as t
 
-__all__ = ["Ending", "end_sessions", "end_sessions_async", "raise_failures"]
+if t.TYPE_CHECKING:
+    from ._cells import Cell
+
+__all__ = [
+    "Ending",
+    "commit_units",
+    "commit_units_async",
+    "end_sessions",
+    "end_scope_cell",
+    "end_sessions_async",
+    "end_units",
+    "end_units_async",
+    "raise_failures",
+]
 
 logger = logging.getLogger("scoped_session")
 
@@ -164,3 +182,88 @@ def _step(method: t.Callable[[], object], run: Runner | None) -> t.Awaitable[obj
         return run(method)
     result = method()
     return result if inspect.isawaitable(result) else None
+
+
+def _detached(cells: t.Iterable[Cell], reaped: bool, keep_open: bool) -> list[t.Any]:
+    """The sessions of ``cells`` to end, their units ended (or, with ``keep_open``,
+    left open and emptied)."""
+    sessions = []
+    for cell in cells:
+        session = cell.take_to_close() if keep_open else cell.detach(reaped)
+        if session is not None:
+            sessions.append(session)
+    return sessions
+
+
+def _held(cells: t.Iterable[Cell]) -> list[t.Any]:
+    return [cell.session for cell in cells if cell.session is not None]
+
+
+def end_units(
+    cells: t.Iterable[Cell],
+    *,
+    commit: bool,
+    error: BaseException | None = None,
+    where: object,
+    reaped: bool = False,
+    keep_open: bool = False,
+) -> int:
+    """End units of work (one cell each, from ``open_unit()``) by the policy: commit
+    their sessions in order (when ``commit`` and no ``error``), close all, raise the
+    failure or a group of them unless ``error`` is given. Returns how many were
+    committed.
+
+    :param where: what the units were for, for the log ("GET /notes").
+    :param reaped: a backstop ends them (counted as reaped).
+    :param keep_open: end only the units' sessions; the units stay open (a worker
+        thread's units between jobs).
+    """
+    sessions = _detached(cells, reaped, keep_open)
+    if not sessions:
+        return 0
+    return end_sessions(sessions, commit=commit, error=error, where=where)
+
+
+def end_scope_cell(
+    cell: Cell, *, commit: bool, error: BaseException | None = None, where: object
+) -> int:
+    """End a scope's own cell when the scope is over (a Flask application context):
+    its session and those of the cells it shadows (units left open in it), by the
+    policy, innermost first. Returns how many were committed."""
+    sessions = cell.sessions()
+    if not sessions:
+        return 0
+    return end_sessions(sessions, commit=commit, error=error, where=where)
+
+
+def commit_units(cells: t.Iterable[Cell], *, where: object) -> None:
+    """Commit the units' sessions in order, by the policy, leaving them open for the
+    caller to end (where a failed commit rolls the rest back)."""
+    sessions = _held(cells)
+    if sessions:
+        end_sessions(sessions, commit=True, close=False, where=where)
+
+
+async def end_units_async(
+    cells: t.Iterable[Cell],
+    *,
+    commit: bool,
+    error: BaseException | None = None,
+    where: object,
+    run: Runner | None = None,
+) -> int:
+    """:func:`end_units` for units whose sessions' steps are awaited (or run by
+    ``run``, see :func:`end_sessions_async`)."""
+    sessions = _detached(cells, False, False)
+    if not sessions:
+        return 0
+    return await end_sessions_async(sessions, commit=commit, error=error, where=where, run=run)
+
+
+async def commit_units_async(
+    cells: t.Iterable[Cell], *, where: object, run: Runner | None = None
+) -> None:
+    """:func:`commit_units`, each step awaited (or run by ``run``)."""
+    sessions = _held(cells)
+    if sessions:
+        await end_sessions_async(sessions, commit=True, close=False, where=where, run=run)

@@ -20,9 +20,9 @@ _enabled = False
 _lock = threading.Lock()
 
 
-def enable() -> None:
-    """Let ``event.listen``, ``event.contains`` and ``event.remove`` take a registry
-    (once per process)."""
+def enable(registry_class: type[t.Any]) -> None:
+    """Let ``event.listen``, ``event.contains`` and ``event.remove`` take an instance
+    of ``registry_class`` (once per process)."""
     global _enabled
     if _enabled:
         return
@@ -33,10 +33,8 @@ def enable() -> None:
         from sqlalchemy.orm import Session
         from sqlalchemy.orm.events import SessionEvents
 
-        from ._registry import Registry
-
         def accept(cls: type[t.Any], target: object, identifier: str) -> type[t.Any] | None:
-            if not isinstance(target, Registry):
+            if not isinstance(target, registry_class):
                 return None
             session_class = getattr(target.session_factory, "class_", None)
             if isinstance(session_class, type) and issubclass(session_class, Session):
@@ -44,9 +42,11 @@ def enable() -> None:
             if target.is_async:
                 return None  # as SQLAlchemy's async_scoped_session: no such event
             raise exc.ArgumentError(
-                "Session events on a ScopedSession need a factory that says its session"
-                " class, such as sqlalchemy.orm.sessionmaker(...); listen on that"
-                " session class instead."
+                # Begins as SQLAlchemy's own message, which its tests match.
+                "Session event listen on a scoped_session requires that its creation"
+                " callable is associated with the Session class. Give the ScopedSession"
+                " a factory that says its class, such as sqlalchemy.orm.sessionmaker(...),"
+                " or listen on the session class itself."
             )
 
         # An events class is registered for the event names it defines: the

@@ -3,8 +3,12 @@
 A :class:`Registry` keeps one session per scope (thread, context, key, task, Flask
 application context) in the scope's cells: it finds the caller's session, makes
 one on first use, takes it out again, counts, and forgets everything in a fork
-child. What differs between sync and async (closing, units of work) lives in the
-subclasses; where sessions live lives in the scopes (``_scopes.py``).
+child. What differs between sync and async (closing) lives in the subclasses;
+where sessions live lives in the scopes (``_scopes.py``).
+
+Integrations open units of work with :func:`open_unit` (one cell per registry and
+request, job or task) and end them through ``_ending``; they touch nothing else of
+a registry but its public members and :func:`take_loose`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,15 @@ from ._cells import Cell, Stats
 from ._exceptions import NoScopeError, ScopedSessionWarning, already_present, compatible
 from ._scopes import ContextScope, KeyedScope, Scope, ThreadScope
 
-__all__ = ["Closeable", "Registry", "RegistryView", "SessionStats", "forget_all"]
+__all__ = [
+    "Closeable",
+    "Registry",
+    "RegistryView",
+    "SessionStats",
+    "forget_all",
+    "open_unit",
+    "take_loose",
+]
 
 
 class Closeable(t.Protocol):
@@ -134,7 +146,7 @@ class Registry(t.Generic[S]):
         _instances.add(self)
         if "sqlalchemy.orm" in sys.modules:
             # event.listen(Session, ...) reaches the factory's session class.
-            _events.enable()
+            _events.enable(Registry)
 
     @property
     def is_async(self) -> bool:
@@ -214,6 +226,13 @@ class Registry(t.Generic[S]):
         session: S = self._slot.cell.session or self._create({})
         return session
 
+    def _moved(self) -> None:
+        """gevent or eventlet replaced ``threading.local`` after the slot was made:
+        move to a slot of the patched class (see ``ThreadScope.moved``)."""
+        scope = self._scope
+        scope.moved()
+        self._slot = scope.slot
+
     def _caller_cell(self) -> tuple[Cell | None, bool]:
         """The caller's live cell (or None), and whether the scope must check the
         caller's use of it with :meth:`Scope.claim`.
@@ -240,6 +259,8 @@ class Registry(t.Generic[S]):
 
     def _make(self, kw: dict[str, t.Any]) -> S:
         scope = self._scope
+        if scope.local_base is not None and scope.local_base is not threading.local:
+            self._moved()
         cell, checked = self._caller_cell()
         if cell is not None and cell.session is not None:
             if kw:
@@ -419,3 +440,43 @@ def forget_all(registry: Registry[t.Any]) -> None:
     inherited them (a pool process forked by a worker), where closing would talk
     on the parent's connections. ``os.fork()`` children do this by themselves."""
     registry._reset()
+
+
+def open_unit(registry: Registry[t.Any], label: object = None, request: bool = False) -> Cell:
+    """Open a unit of work on the caller's slot of ``registry`` and return its cell,
+    the one object of the unit: end it once, from any thread, through ``_ending``
+    (:func:`~scoped_session._ending.end_units`).
+
+    Joins the caller's open unit (the same cell, one level deeper); otherwise a
+    fresh cell shadows what the caller had, which comes back at the end.
+
+    :param label: what the unit is for, named in warnings: a string, an object
+        that formats itself, or a callable (its job).
+    :param request: the unit of a request, which never joins a unit handed over to
+        an earlier response (``Cell.handed``) still open on the same slot: that one
+        is another request's, which its own response ends.
+    """
+    scope = registry._scope
+    if scope.local_base is not None and scope.local_base is not threading.local:
+        registry._moved()
+    outer = scope.resolve()
+    if outer is not None and scope.joins(outer) and not (request and outer.handed):
+        outer.depth += 1
+        return outer
+    # A session made outside any unit (or another request's) is shadowed, not
+    # adopted: the unit starts fresh and the old one comes back when it ends.
+    cell = scope.new_cell(registry._stats, outer, 1, label)
+    scope.install(cell)
+    return cell
+
+
+def take_loose(registry: Registry[t.Any]) -> t.Any:
+    """Take the caller's session if it was made outside any unit of work, counted
+    as removed, for the caller to end: what a job left behind after its unit ended
+    (a Celery task's handlers). A session of an open unit is left alone."""
+    cell, _ = registry._caller_cell()
+    if cell is None or cell.depth:
+        return None
+    session = cell.take_to_close()
+    registry._scope.release(cell)
+    return session

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+import logging
 import sys
 import threading
 import types
@@ -18,6 +19,8 @@ import typing as t
 import weakref
 
 from ._cells import EMPTY, Cell, NoCell, Stats
+
+logger = logging.getLogger("scoped_session")
 
 __all__ = [
     "CellTracker",
@@ -72,8 +75,13 @@ class Scope:
     records_origin: bool = True
     slot: t.Any
     tracked: CellTracker
+    #: The ``threading.local`` class the slot was made from, where it was made
+    #: from one: see :meth:`ThreadScope.moved`.
+    local_base: type[t.Any] | None = None
 
     def __init__(self) -> None:
+        # Cells reach their scope weakly (see Cell.home); one reference serves all.
+        self.ref = weakref.ref(self)
         self.reset()
 
     def reset(self) -> None:
@@ -115,7 +123,11 @@ class Scope:
 
     def new_cell(self, stats: Stats, prev: Cell | None, depth: int, label: object) -> Cell:
         """A new cell for the caller (installed by the caller)."""
-        return Cell(stats, prev, depth, label)
+        return Cell(stats, prev, depth, label, self.ref)
+
+    def moved(self) -> None:
+        """``threading.local`` is no longer the class the slot was made from: see
+        :meth:`ThreadScope.moved`."""
 
     def admit(self) -> dict[str, t.Any] | None:
         """Called before a session is made for the caller (when :attr:`admits`):
@@ -142,15 +154,30 @@ class Scope:
         return self.tracked.snapshot()
 
 
-class _ThreadSlot(threading.local):
-    """The thread scope's slot. A thread that never set ``cell`` reads the class
-    attribute, so the first read in a new thread needs no ``try``."""
+#: The thread scope's slot class for each ``threading.local`` class: gevent and
+#: eventlet replace ``threading.local`` when they patch, so the class is made from
+#: whichever one is current when a registry needs a slot, never at import.
+_slot_classes: dict[type[t.Any], type[t.Any]] = {}
+_slot_lock = threading.Lock()
+#: Whether the move to a patched ``threading.local`` was logged (once a process).
+_moved_logged = False
 
-    cell: Cell | NoCell = EMPTY
+
+def _thread_slot() -> t.Any:
+    """A new per-thread slot, made from the current ``threading.local``. A thread
+    that never set ``cell`` reads the class attribute, so the first read in a new
+    thread needs no ``try``."""
+    base = threading.local
+    cls = _slot_classes.get(base)
+    if cls is None:
+        with _slot_lock:
+            cls = _slot_classes.setdefault(base, type("ThreadSlot", (base,), {"cell": EMPTY}))
+    return cls()
 
 
 class ThreadScope(Scope):
-    """One cell per OS thread, in a ``threading.local``.
+    """One cell per thread, in a ``threading.local``: per greenlet under a server
+    that patches threads (gevent, eventlet).
 
     The per-thread storage is released when its thread ends, before ``join()``
     returns, which drops the cell and closes a session nobody removed. An empty
@@ -161,7 +188,26 @@ class ThreadScope(Scope):
 
     def reset(self) -> None:
         super().reset()
-        self.slot = _ThreadSlot()
+        self.local_base = threading.local
+        self.slot = _thread_slot()
+
+    def moved(self) -> None:
+        """``threading.local`` was replaced (gevent or eventlet patched threads)
+        after this scope's slot was made from the original: every greenlet of a
+        thread would share its cell. Move to a slot of the patched class; what the
+        old one held is dropped with it (each thread's cells close their sessions
+        as a thread that ended does)."""
+        global _moved_logged
+        if not _moved_logged:
+            _moved_logged = True
+            logger.warning(
+                "threading.local was replaced after a thread-scoped ScopedSession was"
+                " made (gevent or eventlet patched threads late): its sessions now live"
+                " per greenlet. Patch first (gevent.monkey.patch_all() before other"
+                " imports), or see docs/greenlets.md."
+            )
+        self.local_base = threading.local
+        self.slot = _thread_slot()
 
     def get(self) -> Cell | None:
         cell = self.slot.cell

@@ -23,7 +23,7 @@ import typing as t
 import warnings
 import weakref
 
-from ._cells import Cell, NoCell, Stats
+from ._cells import Cell, Home, NoCell, Stats
 from ._exceptions import ConcurrentUseError
 from ._scopes import KeyedScope, Scope
 
@@ -106,8 +106,9 @@ class AsyncCell(Cell):
         prev: Cell | None = None,
         depth: int = 0,
         label: object = None,
+        home: weakref.ref[Home] | None = None,
     ) -> None:
-        super().__init__(stats, prev, depth, label)
+        super().__init__(stats, prev, depth, label, home)
         self.task = self.gate = owner()
         self.loop = running_loop()
         self.users = None
@@ -258,7 +259,7 @@ class TaskScope(Scope):
         return bool(outer.depth) and async_cell.task is owner()
 
     def new_cell(self, stats: Stats, prev: Cell | None, depth: int, label: object) -> Cell:
-        cell = AsyncCell(stats, prev, depth, label)
+        cell = AsyncCell(stats, prev, depth, label, self.ref)
         task = cell.task
         if not depth and isinstance(task, asyncio.Task):
             # The task closes what it leaves behind when it ends; the callback goes
@@ -315,7 +316,7 @@ class AsyncKeyedScope(KeyedScope):
     has it closed on the loop it was made on."""
 
     def new_cell(self, stats: Stats, prev: Cell | None, depth: int, label: object) -> Cell:
-        return AsyncCell(stats, prev, depth, label)
+        return AsyncCell(stats, prev, depth, label, self.ref)
 
 
 def _in_session_call(task: Task, session: object) -> bool:

@@ -13,8 +13,8 @@ import logging
 import typing as t
 import warnings
 
-from ._ending import end_sessions
-from ._units import UnitOfWork, end_units
+from ._cells import Cell
+from ._ending import commit_units, end_units
 
 if t.TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -27,15 +27,13 @@ __all__ = [
     "Response",
     "Veto",
     "close_quietly",
-    "commit_all",
-    "end_or_raise",
     "roll_back",
 ]
 
 logger = logging.getLogger("scoped_session")
 
 Veto = t.Callable[["WSGIEnvironment", str, list[tuple[str, str]]], object]
-Units = tuple[UnitOfWork[t.Any], ...]
+Units = tuple[Cell, ...]
 
 
 class Request:
@@ -52,14 +50,6 @@ class Request:
         environ = self.environ
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
         return f"{self.prefix}{environ.get('REQUEST_METHOD', '?')} {path}"
-
-
-def end_or_raise(units: Units, commit: bool, where: Request, reaped: bool = False) -> None:
-    """End every unit by the policy; raise the failure (or a group of them).
-
-    :param where: the request, as its units are labelled (made once per request).
-    """
-    end_units(units, commit=commit, where=where, reaped=reaped)
 
 
 def roll_back(units: Units, where: Request, error: BaseException) -> None:
@@ -94,6 +84,10 @@ class Response:
         self._next = next_chunk
         self._units = units
         self._where = where
+        # A later request on the same slot is one of its own: it never joins or
+        # ends these units, which this response ends.
+        for cell in units:
+            cell.handed = True
         # Popped exactly once, by whichever of close(), a failure or the
         # finalizer gets there first (list.pop is atomic).
         self.live = [True]
@@ -152,7 +146,7 @@ class Response:
         except IndexError:
             return
         try:
-            if any(unit.active for unit in self._units):
+            if any(not cell.ended for cell in self._units):
                 message = (
                     f"The response to {Request(self._where.environ)} was garbage collected"
                     " without close(); its database sessions were closed now (rolled"
@@ -298,7 +292,7 @@ class Gate:
     def flush(self) -> None:
         """Commit (or not), then let the held status through to the server."""
         if self.decide():
-            commit_all(self._units, self._where)
+            commit_units(self._units, where=self._where)
         self.send()
 
     def send(self) -> None:
@@ -316,10 +310,3 @@ def status_code(status: str) -> int:
         return int(status[:3])
     except ValueError:
         return 500
-
-
-def commit_all(units: Units, where: Request) -> None:
-    """Commit each unit's session in order, by the policy; the units stay open for
-    the caller to end (a failed commit rolls the rest back there)."""
-    sessions = [unit.session for unit in units if unit.session is not None]
-    end_sessions(sessions, commit=True, close=False, where=where)

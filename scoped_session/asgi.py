@@ -47,11 +47,12 @@ import logging
 import typing as t
 
 from ._arguments import check_flag
-from ._ending import Runner, end_sessions_async
+from ._cells import Cell
+from ._ending import Runner, commit_units_async, end_units_async, raise_failures
 from ._proxy import ScopedSession
+from ._registry import open_unit
 from ._tasks import run_to_end
-from ._units import UnitBase, UnitOfWork
-from .asyncio import AsyncScopedSession, AsyncUnitOfWork
+from .asyncio import AsyncScopedSession
 
 __all__ = ["ScopedSessionMiddleware"]
 
@@ -188,22 +189,17 @@ class ScopedSessionMiddleware:
         else:
             await self.app(scope, receive, send)
 
-    def _start(self) -> list[UnitBase[t.Any]]:
+    def _start(self) -> list[Cell]:
         # Opening a unit is bookkeeping only (no I/O), in the request's task: the
         # sync endpoints' threads get a copy of its context, hence its sessions.
         # So is undoing it, before any session was made: no await needed.
-        started: list[UnitBase[t.Any]] = []
+        started: list[Cell] = []
         try:
             for scoped in self.sessions:
-                # Not AsyncUnitOfWork[t.Any](...): a subscripted class is a typing
-                # object whose call costs more than the unit's bookkeeping.
-                if isinstance(scoped, AsyncScopedSession):
-                    started.append(AsyncUnitOfWork(scoped).start())
-                else:
-                    started.append(UnitOfWork(scoped).start())
+                started.append(open_unit(scoped))
         except BaseException:
-            for unit in reversed(started):
-                unit.detach()
+            for cell in reversed(started):
+                cell.detach()
             raise
         return started
 
@@ -231,7 +227,7 @@ class ScopedSessionMiddleware:
             if held is not None:
                 if commit:
                     try:
-                        await _commit_all(units, where, run)
+                        await _to_end(commit_units_async(units, where=where, run=run))
                     except BaseException:
                         held, commit = None, False
                         raise
@@ -256,7 +252,7 @@ class ScopedSessionMiddleware:
             failures.extend(await _end_all(units, False, where, run))
             if held is not None:
                 await send(held)
-        _raise(failures)
+        raise_failures(failures, where)
 
     async def _websocket(self, scope: Message, receive: Receive, send: Send) -> None:
         units = self._start()
@@ -266,7 +262,7 @@ class ScopedSessionMiddleware:
         except BaseException as exc:
             await _end_all(units, False, where, self._run, exc)
             raise
-        _raise(await _end_all(units, self.commit, where, self._run))
+        raise_failures(await _end_all(units, self.commit, where, self._run), where)
 
 
 class _Where(tuple[Message]):
@@ -291,20 +287,8 @@ def _is_last(message: Message, trailers: bool) -> bool:
     return kind == "http.response.pathsend"
 
 
-async def _commit_all(units: list[UnitBase[t.Any]], where: object, run: Runner | None) -> None:
-    """Commit each unit's session in order, by the policy. A failure is raised; the
-    units stay open for the caller to roll back and end."""
-    sessions = []
-    for unit in units:
-        session = unit.session
-        if session is not None:
-            sessions.append(session)
-    if sessions:
-        await _to_end(end_sessions_async(sessions, commit=True, close=False, where=where, run=run))
-
-
 async def _end_all(
-    units: list[UnitBase[t.Any]],
+    units: list[Cell],
     commit: bool,
     where: object,
     run: Runner | None,
@@ -313,26 +297,10 @@ async def _end_all(
     """End every unit by the policy, to its end even if cancelled meanwhile (the
     cancellation is re-raised after). The policy's failure is returned, not raised:
     the app's send() must not fail for it."""
-    sessions = []
-    for unit in units:
-        _, session = unit.detach()
-        if session is not None:
-            sessions.append(session)
-    if not sessions:  # the request never used a session: nothing to end
-        return []
     try:
-        await _to_end(
-            end_sessions_async(sessions, commit=commit, error=error, where=where, run=run)
-        )
+        await _to_end(end_units_async(units, commit=commit, error=error, where=where, run=run))
     except asyncio.CancelledError:
         raise
     except BaseException as exc:
         return [exc]
     return []
-
-
-def _raise(failures: list[BaseException]) -> None:
-    if len(failures) == 1:
-        raise failures[0]
-    if failures:
-        raise BaseExceptionGroup(f"ending {len(failures)} database sessions failed", failures)

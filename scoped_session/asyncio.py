@@ -50,6 +50,7 @@ from ._arguments import check_flag, sqlalchemy_module
 from ._async_session_api import AsyncSessionProxy
 from ._ending import end_sessions_async
 from ._exceptions import ConcurrentUseError
+from ._proxy import UnitBase
 from ._registry import Registry, SessionStats
 from ._scopes import Scope
 from ._tasks import (
@@ -62,7 +63,6 @@ from ._tasks import (
     owner,
     run_to_end,
 )
-from ._units import UnitBase
 
 __all__ = [
     "AsyncScopedSession",
@@ -219,7 +219,7 @@ class AsyncUnitOfWork(UnitBase[AS]):
         """
         cell = self._cell
         shared = isinstance(cell, AsyncCell) and cell.gate is SHARED
-        ended, session = self.detach()
+        ended, session = self._detach()
         if not ended or session is None:
             return
         scope = self._registry._scope

@@ -55,11 +55,10 @@ import typing as t
 from celery import Celery, signals  # type: ignore[import-untyped]
 
 from ._arguments import check_flag, registries
-from ._ending import end_sessions
+from ._ending import end_sessions, end_units
 from ._exceptions import ScopedSessionError
 from ._proxy import ScopedSession
-from ._registry import forget_all
-from ._units import UnitOfWork, end_units, take_loose
+from ._registry import forget_all, open_unit, take_loose
 
 __all__ = ["init_celery"]
 
@@ -120,9 +119,7 @@ class _Wiring:
 
         @functools.wraps(inner)
         def run(*args: t.Any, **kwargs: t.Any) -> t.Any:
-            units: list[UnitOfWork[t.Any]] = [
-                UnitOfWork(scoped, commit, where).start() for scoped in sessions
-            ]
+            units = [open_unit(scoped, where) for scoped in sessions]
             try:
                 result = inner(*args, **kwargs)
             except BaseException as exc:

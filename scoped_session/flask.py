@@ -65,8 +65,7 @@ from flask import Flask, Response, after_this_request
 from flask.ctx import AppContext
 
 from ._arguments import check_flag
-from ._cells import Cell
-from ._ending import end_sessions
+from ._ending import commit_units, end_scope_cell
 from ._exceptions import NoScopeError, ScopedSessionError
 from ._flask_migrate import MigrateTarget
 from ._flask_query import (
@@ -319,10 +318,8 @@ class FlaskScopedSession(ScopedSession[S]):
                 commit = state is not None and response.status_code < 400
                 self._defer(context, response, body, commit)
         elif state is not None and cell is not None and response.status_code < 400:
-            session = cell.session
-            if session is not None:
-                # Raising here turns into a logged 500 response, by Flask.
-                end_sessions((session,), commit=True, close=False, where=state.where)
+            # Raising here turns into a logged 500 response, by Flask.
+            commit_units((cell,), where=state.where)
 
     def _defer(
         self,
@@ -350,7 +347,7 @@ class FlaskScopedSession(ScopedSession[S]):
             del found[self._flask_scope.state_attr]
             cell = found.pop(self._flask_scope.cell_attr, None)
             if cell is not None:
-                _end_cell(cell, deferred.error, False, _where(context.app))
+                end_scope_cell(cell, commit=False, error=deferred.error, where=_where(context.app))
 
     def _teardown_handler(self, state: AppState) -> t.Callable[[BaseException | None], None]:
         """The app's teardown_appcontext handler: the application context is
@@ -368,7 +365,9 @@ class FlaskScopedSession(ScopedSession[S]):
                 return
             deferred: _Deferred | None = found.get(scope.state_attr)
             if deferred is None:
-                _end_cell(found.pop(scope.cell_attr), exc, False, state.where)
+                end_scope_cell(
+                    found.pop(scope.cell_attr), commit=False, error=exc, where=state.where
+                )
             elif not (deferred.left or deferred.body.gi_running):
                 deferred.left = True
                 deferred.error = exc
@@ -378,17 +377,14 @@ class FlaskScopedSession(ScopedSession[S]):
                 # server calling close() after a complete body.
                 del found[scope.state_attr]
                 error = exc if exc is not None else deferred.error
-                _end_cell(found.pop(scope.cell_attr), error, deferred.commit, state.where)
+                end_scope_cell(
+                    found.pop(scope.cell_attr),
+                    commit=deferred.commit,
+                    error=error,
+                    where=state.where,
+                )
 
         return teardown
-
-
-def _end_cell(cell: Cell, error: BaseException | None, commit: bool, where: str) -> None:
-    """Empty a context's cell by the policy: commit (when asked and ``error`` is
-    None), then close its session and any a unit left open there shadowed."""
-    sessions = cell.sessions()
-    if sessions:
-        end_sessions(sessions, commit=commit, error=error, where=where)
 
 
 def _where(app: Flask) -> str:

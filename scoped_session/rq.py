@@ -48,9 +48,10 @@ import typing as t
 from rq.job import Job, Retry
 
 from ._arguments import check_flag, registries
+from ._ending import end_units
 from ._exceptions import ScopedSessionError
 from ._proxy import ScopedSession
-from ._units import UnitOfWork, end_units
+from ._registry import open_unit
 
 __all__ = ["ScopedJob"]
 
@@ -92,9 +93,7 @@ class ScopedJob(Job):
             )
         commit = cls.commit
         where = f"the job {self.func_name}"
-        units: list[UnitOfWork[t.Any]] = [
-            UnitOfWork(scoped, commit, where).start() for scoped in sessions
-        ]
+        units = [open_unit(scoped, where) for scoped in sessions]
         try:
             result = super().perform()
         except BaseException as exc:

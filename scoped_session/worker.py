@@ -45,11 +45,11 @@ from collections.abc import Sequence
 from types import TracebackType
 
 from ._arguments import check_flag, registries
-from ._cells import describe
-from ._ending import end_sessions
+from ._cells import Cell, describe
+from ._ending import commit_units, end_units
 from ._fork import dispose_engines_after_fork
 from ._proxy import ScopedSession
-from ._units import UnitOfWork, end_units
+from ._registry import open_unit
 
 __all__ = ["ScopedThreadPoolExecutor", "dispose_engines_after_fork"]
 
@@ -73,7 +73,7 @@ class _ThreadUnits:
 
     __slots__ = ("close_requested", "closed", "running", "units")
 
-    def __init__(self, units: list[UnitOfWork[t.Any]]) -> None:
+    def __init__(self, units: list[Cell]) -> None:
         self.units = units
         # Held by the worker thread while a job runs. Once close_requested is
         # set, whoever gets the lock first ends the units (closed says so), so
@@ -233,13 +233,13 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
             initializer(*initargs)
         self._local.units = self._start_thread_units()
 
-    def _start_thread_units(self) -> list[UnitOfWork[t.Any]]:
+    def _start_thread_units(self) -> list[Cell]:
         """A unit of work per ScopedSession, opened on the calling worker thread."""
         label = f"the worker thread {threading.current_thread().name!r}"
-        return [UnitOfWork(s, False, label).start() for s in self._sessions]
+        return [open_unit(s, label) for s in self._sessions]
 
     def _run_job(self, fn: t.Callable[..., T], /, *args: t.Any, **kwargs: t.Any) -> T:
-        units: list[UnitOfWork[t.Any]] = self._local.units
+        units: list[Cell] = self._local.units
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -253,10 +253,10 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
     ) -> T:
         """Run a job in units of its own: per="thread" jobs that run once the
         pool's shutdown has closed their thread's session."""
-        units: list[UnitOfWork[t.Any]] = []
+        units: list[Cell] = []
         try:
             for scoped in self._sessions:
-                units.append(UnitOfWork(scoped, self._commit, fn).start())
+                units.append(open_unit(scoped, fn))
             result = fn(*args, **kwargs)
         except BaseException as exc:
             end_units(units, commit=self._commit, error=exc, where=describe(fn))
@@ -264,7 +264,7 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
         end_units(units, commit=self._commit, where=describe(fn))
         return result
 
-    def _end_job(self, units: list[UnitOfWork[t.Any]], error: BaseException | None) -> None:
+    def _end_job(self, units: list[Cell], error: BaseException | None) -> None:
         """End the job's sessions by the policy (commit when asked and the job
         returned, close, forget); the thread's units stay open for the next job."""
         end_units(units, commit=self._commit, error=error, where="a job", keep_open=True)
@@ -311,9 +311,8 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
                     end_units(state.units, commit=False, where="shutdown()")
 
     def _commit_thread(self, state: _ThreadUnits) -> None:
-        sessions = [unit.session for unit in state.units if unit.session is not None]
         try:
-            end_sessions(sessions, commit=True, close=False, where="a job")
+            commit_units(state.units, where="a job")
         except BaseException:
             self._recover(state)
             raise
@@ -361,7 +360,7 @@ class ScopedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
         with self._states_lock:
             self._closing = True
             states, self._states = self._states, []
-        idle: list[UnitOfWork[t.Any]] = []
+        idle: list[Cell] = []
         for state in states:
             state.close_requested = True  # before claim(): see _ThreadUnits
             if state.claim():

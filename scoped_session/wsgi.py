@@ -31,14 +31,13 @@ body ran to its end.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import threading
 import typing as t
 
 from ._arguments import check_flag, registries
+from ._cells import Cell
+from ._ending import end_units
 from ._proxy import ScopedSession
-from ._units import UnitOfWork, end_units
+from ._registry import open_unit
 from ._wsgi_response import (
     CommittingResponse,
     Gate,
@@ -46,7 +45,6 @@ from ._wsgi_response import (
     Response,
     Veto,
     close_quietly,
-    end_or_raise,
     roll_back,
 )
 
@@ -55,17 +53,7 @@ if t.TYPE_CHECKING:
 
 __all__ = ["ScopedSessionMiddleware"]
 
-logger = logging.getLogger("scoped_session")
-
-Units = tuple[UnitOfWork[t.Any], ...]
-
-
-class _ThreadRecord(threading.local):
-    #: The last streamed response begun on this thread: its ``live`` flag, its
-    #: units and its request (not the response: that would outlive its last
-    #: reference and escape its finalizer). Still live when the thread takes its
-    #: next request means the server never closed it.
-    pending: tuple[list[bool], Units, Request] | None = None
+Units = tuple[Cell, ...]
 
 
 class ScopedSessionMiddleware:
@@ -118,7 +106,6 @@ class ScopedSessionMiddleware:
         self.sessions = sessions
         self.commit = commit
         self.veto = veto
-        self._local = _ThreadRecord()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.app!r} sessions={len(self.sessions)}>"
@@ -126,10 +113,6 @@ class ScopedSessionMiddleware:
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> t.Iterable[bytes]:
-        record = self._local
-        pending = record.pending
-        if pending is not None and pending[0]:
-            _end_stale(pending)
         # One label names the request everywhere: in its units (a reap warning)
         # and when they end (a failure's log); it is formatted only then.
         where = Request(environ, "the request ")
@@ -145,7 +128,7 @@ class ScopedSessionMiddleware:
         if kind is list or kind is tuple or kind is environ.get("wsgi.file_wrapper"):
             # Finished before it was returned: nothing of the app runs later.
             try:
-                end_or_raise(units, False, where)
+                end_units(units, commit=False, where=where)
             except BaseException:
                 close_quietly(body)
                 raise
@@ -156,7 +139,6 @@ class ScopedSessionMiddleware:
             close_quietly(body)
             roll_back(units, where, exc)
             raise
-        record.pending = (response.live, units, where)
         return response
 
     def _call_committing(
@@ -179,7 +161,7 @@ class ScopedSessionMiddleware:
             ):
                 # A finished body: commit (or roll back) and end now, then let
                 # the status through.
-                end_or_raise(units, gate.decide(), where)
+                end_units(units, commit=gate.decide(), where=where)
                 gate.send()
                 return body
             response = CommittingResponse(body, iter(body).__next__, units, where, gate)
@@ -187,34 +169,17 @@ class ScopedSessionMiddleware:
             close_quietly(body)
             roll_back(units, where, exc)
             raise
-        self._local.pending = (response.live, units, where)
         return response
 
 
 def _start(sessions: tuple[ScopedSession[t.Any], ...], where: Request) -> Units:
     if len(sessions) == 1:  # the common case: nothing to undo if it fails
-        return (UnitOfWork(sessions[0], False, where).start(),)
-    started: list[UnitOfWork[t.Any]] = []
+        return (open_unit(sessions[0], where, request=True),)
+    started: list[Cell] = []
     try:
         for scoped in sessions:
-            started.append(UnitOfWork(scoped, False, where).start())
+            started.append(open_unit(scoped, where, request=True))
     except BaseException as exc:
         roll_back(tuple(started), where, exc)
         raise
     return tuple(started)
-
-
-def _end_stale(pending: tuple[list[bool], Units, Request]) -> None:
-    _, units, where = pending
-    stale = tuple(unit for unit in units if unit.active)
-    if not stale:
-        return
-    logger.warning(
-        "The response to %s was never closed: the WSGI server did not call close() on"
-        " it, so its database session stayed open until this thread's next request."
-        " Closed it now (rolled back). Use a server that calls close() (PEP 3333).",
-        Request(where.environ),
-    )
-    # Each failure is logged by the policy; the new request must not fail for it.
-    with contextlib.suppress(Exception):
-        end_units(stale, commit=False, where=where, reaped=True)
