@@ -56,10 +56,8 @@ class MigrateTarget:
     __slots__ = ("_metadata", "_session")
 
     def __init__(self, session: FlaskScopedSession[t.Any], metadata: MetaData) -> None:
-        # Imported here: scoped_session.flask imports this module.
-        from .flask import FlaskScopedSession
-
-        if not isinstance(session, FlaskScopedSession):
+        # By its scope, not its class: scoped_session.flask imports this module.
+        if getattr(session, "scope_kind", None) != "flask":
             raise TypeError(
                 "MigrateTarget() takes the app's FlaskScopedSession, such as"
                 " Session = FlaskScopedSession(sessionmaker()); got an object of type"

@@ -532,13 +532,13 @@ def test_dispose_engines_after_fork_arguments() -> None:
 
 @needs_sqlalchemy
 def test_dispose_engines_after_fork_holds_engines_weakly(caplog: pytest.LogCaptureFixture) -> None:
-    from scoped_session import _fork
+    from scoped_session import worker
 
     engine = sa.create_engine("sqlite://")
     ref = weakref.ref(engine)
     dispose_engines_after_fork(engine)
     dispose_engines_after_fork(engine)  # twice is harmless
-    assert engine in _fork._fork_engines
+    assert engine in worker._fork_engines
     del engine
     gc.collect()
     assert ref() is None
@@ -556,8 +556,8 @@ def test_dispose_engines_after_fork_holds_engines_weakly(caplog: pytest.LogCaptu
     recorder = Recorder()
     dispose_engines_after_fork(broken, recorder)
     with caplog.at_level(logging.ERROR, "scoped_session"):
-        _fork._dispose_in_child()  # what the child runs; every engine is tried
+        worker._dispose_in_child()  # what the child runs; every engine is tried
     assert calls == [False]
     assert "after fork failed" in caplog.text
-    _fork._fork_engines.discard(broken)
-    _fork._fork_engines.discard(recorder)
+    worker._fork_engines.discard(broken)
+    worker._fork_engines.discard(recorder)
