@@ -19,7 +19,6 @@ import sys
 import threading
 import types
 import typing as t
-import weakref
 
 __all__ = ["EMPTY", "Cell", "Home", "NoCell", "Stats", "describe", "origin_text"]
 
@@ -106,7 +105,7 @@ class Cell:
         prev: Cell | None = None,
         depth: int = 0,
         label: object = None,
-        home: weakref.ref[Home] | None = None,
+        home: t.Callable[[], Home | None] | None = None,
     ) -> None:
         self.session = None
         self.stats = stats

@@ -106,7 +106,7 @@ class AsyncCell(Cell):
         prev: Cell | None = None,
         depth: int = 0,
         label: object = None,
-        home: weakref.ref[Home] | None = None,
+        home: t.Callable[[], Home | None] | None = None,
     ) -> None:
         super().__init__(stats, prev, depth, label, home)
         self.task = self.gate = owner()
