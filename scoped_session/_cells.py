@@ -92,7 +92,7 @@ class Cell:
     #: What the cell is for (a thread's name, a WSGI environ, a job), for the reap
     #: warning.
     label: object
-    #: Where its first session was made outside a unit of work: (code, offset of
+    #: Where its session was made outside a unit of work: (code, offset of
     #: the instruction), or None.
     origin: tuple[types.CodeType, int] | None
 
@@ -247,7 +247,7 @@ def origin_text(origin: tuple[types.CodeType, int] | None) -> str:
         (line for start, end, line in code.co_lines() if start <= offset < end),
         code.co_firstlineno,
     )
-    return f" (its first session was made at {code.co_filename}:{line})"
+    return f" (its session was made at {code.co_filename}:{line})"
 
 
 class NoCell:

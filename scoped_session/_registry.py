@@ -300,7 +300,8 @@ class Registry(t.Generic[S]):
             scope.install(cell)
         elif checked:
             scope.claim(cell, None)
-        if implicit and cell.origin is None and scope.records_origin:
+        if implicit and scope.records_origin:
+            # Each session's own line: a thread's cell is reused after remove().
             cell.origin = _caller_origin()
         cell.session = session
         self._stats.created += 1

@@ -626,6 +626,26 @@ def test_a_reap_names_the_thread_and_where_the_session_was_made(
     assert record.levelno == logging.WARNING
 
 
+def test_a_reap_names_the_line_of_the_leaked_session_not_an_earlier_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    Session = ScopedSession(TrivialSession)
+
+    def work() -> None:
+        Session.commit()  # made here, then removed: not the leak
+        Session.remove()
+        Session.commit()  # made here, and the thread ends without remove()
+
+    first = work.__code__.co_firstlineno + 1
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive()
+    (record,) = [r for r in caplog.records if "finalizer" in r.getMessage()]
+    assert f"{__file__}:{first + 2})" in record.getMessage()
+    assert f"{__file__}:{first})" not in record.getMessage()
+
+
 def test_a_reaped_unit_is_named_by_its_label(caplog: pytest.LogCaptureFixture) -> None:
     Session = ScopedSession(TrivialSession)
 
