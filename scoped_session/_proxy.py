@@ -142,16 +142,19 @@ class UnitOfWork(UnitBase[S]):
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self.end(exc)
 
-    async def __aenter__(self) -> t.NoReturn:
-        raise TypeError(
-            "A ScopedSession's unit of work is entered with 'with Session.scope():'."
-            " For asyncio sessions make the registry with"
-            " scoped_session.asyncio.AsyncScopedSession(async_sessionmaker(engine)) and"
-            " use 'async with Session.scope():'."
-        )
+    if not t.TYPE_CHECKING:
+        # At run time only: type checkers keep reporting 'async with' on a sync
+        # unit as the error it is.
+        async def __aenter__(self) -> t.NoReturn:
+            raise TypeError(
+                "A ScopedSession's unit of work is entered with 'with Session.scope():'."
+                " For asyncio sessions make the registry with"
+                " scoped_session.asyncio.AsyncScopedSession(async_sessionmaker(engine))"
+                " and use 'async with Session.scope():'."
+            )
 
-    async def __aexit__(self, *exc_info: object) -> None:  # pragma: no cover - never entered
-        pass
+        async def __aexit__(self, *exc_info: object) -> None:  # pragma: no cover
+            pass
 
     def __call__(self, func: F) -> F:
         """Use the unit as a decorator: each call runs in a unit of its own."""

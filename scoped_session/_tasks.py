@@ -136,15 +136,11 @@ def close_later(session: object, loop: asyncio.AbstractEventLoop | None, why: st
 
 
 def _spawn_close(session: t.Any, why: str) -> None:
-    """Runs on the session's loop: close it in a task of its own."""
-    logger.warning(
-        "A session was closed without remove() (%s); call 'await Session.remove()' or"
-        " use 'async with Session.scope()'.",
-        why,
-    )
+    """Runs on the session's loop: close it in a task of its own, and say once,
+    when that is over, what happened and what to do."""
     task = asyncio.get_running_loop().create_task(_close_logged(session))
     _closing.add(task)
-    task.add_done_callback(_closed)
+    task.add_done_callback(functools.partial(_closed, why))
 
 
 async def _close_logged(session: t.Any) -> None:
@@ -154,12 +150,21 @@ async def _close_logged(session: t.Any) -> None:
         logger.exception("Closing a session left behind failed.")
 
 
-def _closed(task: asyncio.Task[None]) -> None:
+def _closed(why: str, task: asyncio.Task[None]) -> None:
     _closing.discard(task)
     if task.cancelled():
         logger.error(
-            "A session left behind could not be closed: its event loop was shutting down."
-            " End sessions with 'await Session.remove()' or 'async with Session.scope()'."
+            "A session was left open without remove() (%s) and could not be closed:"
+            " its event loop was shutting down. End it with 'await Session.remove()'"
+            " in the task, or use 'async with Session.scope()'.",
+            why,
+        )
+    else:
+        logger.warning(
+            "A session was left open without remove() (%s); it was closed now. End it"
+            " with 'await Session.remove()' in the task, or use 'async with"
+            " Session.scope()'.",
+            why,
         )
 
 

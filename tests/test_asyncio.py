@@ -998,3 +998,61 @@ def test_a_thread_never_gets_the_session_of_a_task_whose_loop_moved_away(
         assert seen is not mine
         assert mine.closed == 1
         del seen, copied[:]
+
+
+# -- misuses get one message each, naming what to use ------------------------------
+
+
+def test_async_with_on_a_sync_registry_names_the_async_registry() -> None:
+    from scoped_session import ScopedSession
+
+    Session = ScopedSession(TrivialSession, scope="context")
+
+    async def main() -> None:
+        async with Session.scope():  # type: ignore[attr-defined]
+            pass  # pragma: no cover - never entered
+
+    with pytest.raises(TypeError, match=r"AsyncScopedSession") as info:
+        asyncio.run(main())
+    assert "async with Session.scope()" in str(info.value)
+    assert not Session.registry.has()
+
+
+def test_a_forgotten_remove_at_loop_shutdown_is_one_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    Session = AsyncScopedSession(AsyncTrivialSession)
+    made: list[AsyncTrivialSession] = []
+
+    async def main() -> None:
+        made.append(Session())  # and no 'await Session.remove()'
+
+    with caplog.at_level(logging.WARNING, logger="scoped_session"):
+        asyncio.run(main())
+    (record,) = [r for r in caplog.records if r.name == "scoped_session"]
+    message = record.getMessage()
+    assert "without remove()" in message
+    assert "'await Session.remove()'" in message
+    assert "could not be closed" in message  # the loop was shutting down
+    assert Session.stats().reaped == 1
+
+
+def test_a_forgotten_remove_closed_in_time_is_one_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    Session = AsyncScopedSession(AsyncTrivialSession)
+
+    async def forget() -> AsyncTrivialSession:
+        return Session()  # and no 'await Session.remove()'
+
+    async def main() -> AsyncTrivialSession:
+        session = await asyncio.create_task(forget())
+        await drain_closing()
+        return session
+
+    with caplog.at_level(logging.WARNING, logger="scoped_session"):
+        session = asyncio.run(main())
+    assert session.closed == 1
+    (record,) = [r for r in caplog.records if r.name == "scoped_session"]
+    assert "it was closed now" in record.getMessage()
+    assert "'await Session.remove()'" in record.getMessage()
