@@ -238,8 +238,11 @@ def describe(label: object, depth: int = 0) -> str:
     return str(label)
 
 
-def origin_text(origin: tuple[types.CodeType, int] | None) -> str:
-    """Where a session was made, from the code object and instruction offset."""
+def origin_text(
+    origin: tuple[types.CodeType, int] | None, text: str = " (its session was made at {})"
+) -> str:
+    """Where a session was made, from the code object and instruction offset, in
+    ``text`` (``""`` when unknown)."""
     if origin is None:
         return ""
     code, offset = origin
@@ -247,7 +250,7 @@ def origin_text(origin: tuple[types.CodeType, int] | None) -> str:
         (line for start, end, line in code.co_lines() if start <= offset < end),
         code.co_firstlineno,
     )
-    return f" (its session was made at {code.co_filename}:{line})"
+    return text.format(f"{code.co_filename}:{line}")
 
 
 class NoCell:

@@ -24,7 +24,7 @@ import weakref
 
 from . import _events
 from ._arguments import check_flag, sqlalchemy_module
-from ._cells import Cell, Stats
+from ._cells import Cell, Stats, describe, origin_text
 from ._exceptions import NoScopeError, ScopedSessionWarning, already_present, compatible
 from ._scopes import ContextScope, KeyedScope, Scope, ThreadScope
 
@@ -347,6 +347,26 @@ class Registry(t.Generic[S]):
         stats = self._stats
         live = sum(1 for cell in self._scope.cells() if cell.session is not None)
         return SessionStats(live, stats.created, stats.removed, stats.reaped)
+
+    def loose_sessions(self) -> list[str]:
+        """Describe each session of this registry held outside any unit of work,
+        in every thread or scope: where it lives and the line that made it.
+
+        Such a session is ended only by ``remove()`` or by its thread's end, which
+        in a long-lived thread (a pool's worker, a server's thread) may never come:
+        meanwhile it can hold a connection idle in a transaction. Call this from a
+        health check or a test to find them without waiting for the thread to end.
+        Sessions that an integration's scope always ends (Flask's application
+        context) are not listed.
+        """
+        scope = self._scope
+        if not scope.records_origin:
+            return []
+        return [
+            f"{describe(cell.label)} holds a session{origin_text(cell.origin, ' made at {}')}"
+            for cell in scope.cells()
+            if cell.session is not None and not cell.depth and not cell.ended
+        ]
 
     def configure(self, **kwargs: t.Any) -> None:
         """Reconfigure the session factory (``session_factory.configure(**kwargs)``).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import gc
 import logging
 import os
@@ -561,3 +562,47 @@ def test_dispose_engines_after_fork_holds_engines_weakly(caplog: pytest.LogCaptu
     assert "after fork failed" in caplog.text
     worker._fork_engines.discard(broken)
     worker._fork_engines.discard(recorder)
+
+
+# -- the bare pool trap ------------------------------------------------------------
+
+
+def test_a_bare_pool_leaves_sessions_that_loose_sessions_reports(db: Database) -> None:
+    """A plain ThreadPoolExecutor with no unit of work per job: each worker thread
+    keeps its session, in a transaction, for as long as the thread lives. The
+    diagnostic finds them while the threads still run."""
+    if db.kind != "postgres":
+        pytest.skip("idle in transaction is PostgreSQL's state")
+    Session = sa_scoped(db.engine)
+    barrier = threading.Barrier(2, timeout=WAIT)
+
+    def job(text: str) -> None:
+        add_note(Session, text)  # flushed, never committed, never removed
+        barrier.wait()  # both threads hold a session at once
+
+    line = add_note.__code__.co_firstlineno + 1  # Session.add(), which made it
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="bare") as pool:
+        for future in [pool.submit(job, "one"), pool.submit(job, "two")]:
+            future.result(timeout=WAIT)
+        loose = Session.loose_sessions()
+        assert len(loose) == 2
+        for text in loose:
+            assert text.startswith("the thread 'bare_")
+            assert text.endswith(f"holds a session made at {__file__}:{line}")
+        assert db.idle_in_transaction() == 2  # what a bare pool leaves behind
+        assert db.count_notes() == 0  # and the writes are invisible
+        assert Session.remove_all() == 2
+    assert Session.loose_sessions() == []
+    assert db.idle_in_transaction() == 0
+    assert db.checkedout() == 0
+
+
+def test_a_pool_with_units_leaves_no_loose_session() -> None:
+    Session: ScopedSession[TrivialSession] = ScopedSession(TrivialSession)
+    with ScopedThreadPoolExecutor(Session, max_workers=2) as pool:
+        pool.submit(Session).result(timeout=WAIT)
+        assert Session.loose_sessions() == []
+    # A unit's session is never listed, open or not.
+    with Session.scope():
+        Session()
+        assert Session.loose_sessions() == []
