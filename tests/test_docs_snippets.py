@@ -12,7 +12,16 @@ import re
 from pathlib import Path
 
 import pytest
-from test_readme import ROOT, Block, Program, blocks_of, params, programs_of, run_program
+from test_readme import (
+    ROOT,
+    Block,
+    Program,
+    blocks_of,
+    params,
+    programs_of,
+    run_in_one_folder,
+    run_program,
+)
 
 DOCS = ROOT / "docs"
 PAGES = sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.relative_to(DOCS).parts)
@@ -22,23 +31,33 @@ PAGES = sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.relative_to(DO
 MOST_NOT_RUN = 6
 
 
-def collect() -> tuple[list[Program], list[Block]]:
-    programs: list[Program] = []
+def collect() -> tuple[dict[str, list[Program]], list[Block]]:
+    programs: dict[str, list[Program]] = {}
     not_run: list[Block] = []
     for page in PAGES:
         page_programs, page_not_run = programs_of(blocks_of(page))
-        programs += page_programs
+        if page_programs:
+            programs[page.name] = page_programs
         not_run += page_not_run
     return programs, not_run
 
 
-PROGRAMS, NOT_RUN = collect()
+PAGE_PROGRAMS, NOT_RUN = collect()
+PROGRAMS = [program for programs in PAGE_PROGRAMS.values() for program in programs]
 
 
 @pytest.mark.slow  # a subprocess each, some of them a pytest run: tox -e fast leaves them out
 @pytest.mark.parametrize("program", params(PROGRAMS))
 def test_docs_block_runs(program: Program, tmp_path: Path) -> None:
     run_program(program, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", PAGE_PROGRAMS)
+def test_docs_page_runs_twice_in_one_folder(page: str, tmp_path: Path) -> None:
+    # As the README's: a reader may run a page's blocks again, and in any order. Each
+    # block starts from a database of its own, so pages sharing a folder are fine too.
+    run_in_one_folder(PAGE_PROGRAMS[page], tmp_path)
 
 
 def test_every_docs_block_runs_or_says_why_not() -> None:

@@ -199,9 +199,12 @@ def imported_modules(program: Program) -> set[str]:
     return {n for n in names - own if n not in sys.stdlib_module_names}
 
 
+def missing_modules(program: Program) -> list[str]:
+    return sorted(n for n in imported_modules(program) if importlib.util.find_spec(n) is None)
+
+
 def skip_unless_installed(program: Program) -> None:
-    missing = sorted(n for n in imported_modules(program) if importlib.util.find_spec(n) is None)
-    if missing:
+    if missing := missing_modules(program):
         message = f"{program.where} needs {', '.join(missing)}, not installed"
         if os.environ.get("SCOPED_SESSION_SNIPPETS_STRICT"):
             pytest.fail(message + " (SCOPED_SESSION_SNIPPETS_STRICT is set)")
@@ -250,6 +253,30 @@ def run_program(program: Program, folder: Path) -> None:
         assert result.returncode == 0, f"{program.where}: pytest failed:\n{result.stdout}"
 
 
+def run_in_one_folder(programs: list[Program], folder: Path) -> None:
+    """Run the programs one after another in one folder, as a reader who copies them
+    into one would: in page order, then again in reverse order. So every program runs
+    twice, after every other, and must print the same each time.
+
+    A program with files of its own is a small project: it gets a subfolder, the same
+    both times. One whose imports are missing is left out (its own test says why).
+    """
+    programs = [p for p in programs if not missing_modules(p)]
+    if not programs:
+        pytest.skip("no program here has its imports installed")
+    for run, order in enumerate([programs, programs[::-1]], 1):
+        for program in order:
+            where = folder
+            if program.files:
+                where = folder / re.sub(r"\W", "_", program.where)
+                where.mkdir(exist_ok=True)
+            try:
+                run_program(program, where)
+            except AssertionError as error:
+                error.add_note(f"on run {run} of {len(order)} programs in one folder")
+                raise
+
+
 def params(programs: list[Program]) -> list[t.Any]:
     return [pytest.param(p, id=p.where) for p in programs]
 
@@ -263,6 +290,12 @@ README_TEXT = README.read_text()
 @pytest.mark.parametrize("program", params(README_PROGRAMS))
 def test_readme_block_runs(program: Program, tmp_path: Path) -> None:
     run_program(program, tmp_path)
+
+
+def test_readme_blocks_run_twice_in_one_folder(tmp_path: Path) -> None:
+    # Each block starts from a database of its own: none counts another's rows,
+    # nor its own from a first run.
+    run_in_one_folder(README_PROGRAMS, tmp_path)
 
 
 def test_every_readme_block_runs() -> None:

@@ -1,9 +1,13 @@
 """A small FastAPI app for the testing example: async endpoints on an
-AsyncScopedSession and a sync endpoint on a ScopedSession(scope="context").
+AsyncScopedSession and a sync endpoint (``GET /stats``) on a
+ScopedSession(scope="context"), both given to one ScopedSessionMiddleware.
 
-The registries are made without an engine; the app binds them at startup
-(``bind()``), and the tests give the plugin engines of their own (see
-``fastapi_conftest.py``), so the app's database is never touched by a test.
+The registries' factories are made without an engine, so this module names no
+database: the tests choose it, by giving the plugin engines of their own (see
+``fastapi_conftest.py``), and every session made in a test is bound to the test's
+connection. To serve the app, bind the factories first:
+``DB.configure(bind=create_async_engine(url))`` and
+``SyncDB.configure(bind=create_engine(url))``.
 """
 
 from __future__ import annotations
