@@ -190,13 +190,17 @@ class Cell:
 
     def reap(self, session: t.Any) -> None:
         """Close a session whose cell was dropped without ``remove()``."""
-        logger.warning(
-            "A session was closed by its cell's finalizer: %s ended without remove()%s."
-            " Call Session.remove() at its end, or use Session.scope() or an integration.",
-            describe(self.label, self.depth),
-            origin_text(self.origin),
-        )
-        session.close()
+        try:
+            logger.warning(
+                "A session was closed by its cell's finalizer: %s ended without remove()%s."
+                " Call Session.remove() at its end, or use Session.scope() or an integration.",
+                describe(self.label, self.depth),
+                origin_text(self.origin),
+            )
+        finally:
+            # Closed even where logging fails (a greenlet finalized at exit, whose
+            # current_thread() raises).
+            session.close()
 
     def __del__(self) -> None:
         # Nobody else can reach a dying cell: no lock needed.
