@@ -13,9 +13,11 @@
         # committed, closed and forgotten here, also if the block raised
 
 The proxy's members (``add``, ``execute``, ``get`` ...) come from ``_session_api.py``,
-generated from SQLAlchemy's ``Session`` by ``tools/generate_proxy.py``: each reads
-the caller's session and calls it with the arguments as given, typed as SQLAlchemy's
-``scoped_session`` types it.
+generated from SQLAlchemy's own ``scoped_session`` by ``tools/generate_proxy.py``, one
+module per SQLAlchemy line: each reads the caller's session and calls it as
+SQLAlchemy's proxy does, with its explicit parameters and defaults. Type checkers see
+the installed SQLAlchemy's own proxy class. No other name is forwarded: reach a
+session's other members with ``Session()``.
 """
 
 from __future__ import annotations
@@ -210,7 +212,7 @@ class QueryProperty:
         return session.query(mapper)
 
 
-class ScopedSession(Registry[S], SessionProxy):
+class ScopedSession(Registry[S], SessionProxy):  # type: ignore[misc]
     """A registry of sessions, one per thread, context or custom key, and a proxy
     to the caller's session.
 

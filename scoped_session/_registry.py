@@ -394,16 +394,6 @@ class Registry(t.Generic[S]):
         # The factory's repr is left out: it can hold a database URL.
         return f"<{type(self).__name__} scope={self._scope.kind}>"
 
-    if not t.TYPE_CHECKING:
-        # Type checkers see only the names SQLAlchemy's proxy has (a typo is an
-        # error); at run time any other public name reaches the caller's session.
-        def __getattr__(self, name: str) -> t.Any:
-            # SQLAlchemy's events look for ``dispatch``: the registry has none (see
-            # _events.py), and one session's would listen on that session alone.
-            if name.startswith("_") or name == "dispatch":
-                raise AttributeError(name)
-            return getattr(self._current(), name)
-
 
 def _caller_origin() -> tuple[types.CodeType, int] | None:
     """Where the caller outside this library made a session: the first frame up

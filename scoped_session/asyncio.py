@@ -81,7 +81,7 @@ AS = t.TypeVar("AS", bound=_AsyncCloseable)
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
 
-class AsyncScopedSession(Registry[AS], AsyncSessionProxy):
+class AsyncScopedSession(Registry[AS], AsyncSessionProxy):  # type: ignore[misc]
     """A registry of async sessions, one per asyncio task (or per custom key), and a
     proxy to the caller's session.
 
@@ -109,6 +109,8 @@ class AsyncScopedSession(Registry[AS], AsyncSessionProxy):
         strict: bool = False,
     ) -> None:
         self.strict = check_flag(strict, "strict")
+        #: The scopefunc as given, as SQLAlchemy's async_scoped_session keeps it.
+        self.scopefunc = scopefunc
         if scopefunc is asyncio.current_task:
             # What SQLAlchemy's async_scoped_session is usually given: a session
             # per task is this registry's own scope, which also closes what a task

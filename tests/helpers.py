@@ -288,13 +288,12 @@ def get_and_leave(port: int, path: str, at_least: int, timeout: float) -> int:
 
 
 def reaches_the_session(proxy: t.Any, session: object, name: str) -> bool:
-    """Whether ``proxy.name`` is the caller's ``session.name``: a member the proxy
-    defines has the session's signature (a method) or gives the session's value;
-    any other name is the session's own attribute, through ``__getattr__``."""
+    """Whether ``proxy.name`` is the caller's ``session.name``: a method the proxy
+    forwards takes the session's parameters; a property gives the session's value."""
     ours, theirs = getattr(proxy, name), getattr(session, name)
     member = inspect.getattr_static(type(proxy), name, None)
     if inspect.isfunction(member) or isinstance(member, classmethod):
-        return inspect.signature(ours) == inspect.signature(theirs)
+        return parameters(ours) == parameters(theirs)
     if callable(theirs) and hasattr(theirs, "__self__"):
         return bool(ours.__self__ is theirs.__self__ and ours.__func__ is theirs.__func__)
     if getattr(session, name) is not theirs:
@@ -302,18 +301,18 @@ def reaches_the_session(proxy: t.Any, session: object, name: str) -> bool:
     return bool(ours is theirs or ours == theirs)
 
 
-def require_generated_sqlalchemy() -> None:
-    """Skip unless the installed SQLAlchemy is the minor release the proxy was
-    generated from (tools/generate_proxy.py): signatures, overloads and members
-    differ between SQLAlchemy 2.0 and 2.1, and the minimum-versions env runs 2.0."""
-    import scoped_session._session_api as generated
+def parameters(func: t.Callable[..., object]) -> list[tuple[str, object, object]]:
+    """The name, kind and default of each parameter of ``func``. Not the annotations:
+    their text changes between patch releases of SQLAlchemy (the generated module of
+    a line has its latest release's), and type checkers read SQLAlchemy's own."""
+    return [(p.name, p.kind, p.default) for p in inspect.signature(func).parameters.values()]
 
-    source = Path(generated.__file__).read_text(encoding="utf-8")
-    found = re.search(r"from SQLAlchemy (\d+\.\d+)", source)
-    assert found, "the generated proxy names no SQLAlchemy version"
-    installed = ".".join(sa.__version__.split(".")[:2])
-    if found.group(1) != installed:
-        pytest.skip(
-            f"the proxy was generated from SQLAlchemy {found.group(1)};"
-            f" SQLAlchemy {installed} is installed"
-        )
+
+def refused_with_a_hint(proxy: object, name: str) -> bool:
+    """Whether reading ``proxy.name`` is an AttributeError that says to use the
+    name on the session instead (``Session().name``)."""
+    try:
+        getattr(proxy, name)
+    except AttributeError as exc:
+        return f"Session().{name}" in str(exc) and exc.name == name
+    return False

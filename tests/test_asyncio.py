@@ -9,6 +9,7 @@ import contextvars
 import gc
 import logging
 import os
+import re
 import threading
 import typing as t
 import warnings
@@ -25,14 +26,8 @@ from scoped_session.asyncio import AsyncScopedSession, ConcurrentUseError, Concu
 # extension needs (their fixtures: adb, sqlite_adb).
 if HAS_SQLALCHEMY or t.TYPE_CHECKING:
     import sqlalchemy as sa
-    from helpers import (
-        AsyncDatabase,
-        AsyncDB,
-        Note,
-        reaches_the_session,
-        require_generated_sqlalchemy,
-    )
-    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+    from helpers import AsyncDatabase, AsyncDB, Note, reaches_the_session, refused_with_a_hint
+    from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session, async_sessionmaker
 
 
 def scoped(db: AsyncDatabase, **kw: t.Any) -> AsyncScopedSession[AsyncSession]:
@@ -54,7 +49,7 @@ def test_proxy_awaits_the_async_methods_and_calls_the_plain_ones(adb: AsyncDB) -
         Session.add(Note(text="a"))
         Session.add_all([Note(text="b"), Note(text="c")])
         await Session.flush()
-        assert Session.in_transaction()  # type: ignore[attr-defined]  # forwarded at run time
+        assert Session().in_transaction()
         assert await Session.scalar(sa.select(sa.func.count()).select_from(Note)) == 3
         texts = (await Session.scalars(sa.select(Note.text).order_by(Note.id))).all()
         assert texts == ["a", "b", "c"]
@@ -76,7 +71,7 @@ def test_proxy_awaits_the_async_methods_and_calls_the_plain_ones(adb: AsyncDB) -
         await Session.rollback()
         Session.info["seen"] = True
         assert session.info == {"seen": True}
-        assert Session.sync_session is session.sync_session  # type: ignore[attr-defined]  # forwarded at run time
+        assert not hasattr(Session, "sync_session")  # not forwarded: Session().sync_session
         await Session.close()  # through the proxy: closed, still registered
         assert Session() is session
         assert Session.registry.has()
@@ -89,8 +84,10 @@ def test_proxy_awaits_the_async_methods_and_calls_the_plain_ones(adb: AsyncDB) -
     adb.run(body)
 
 
-def test_every_public_async_session_name_is_reachable(sqlite_adb: AsyncDB) -> None:
-    require_generated_sqlalchemy()
+def test_every_public_async_session_name_is_forwarded_or_refused(sqlite_adb: AsyncDB) -> None:
+    """The names SQLAlchemy's async_scoped_session forwards reach the caller's
+    session; every other public name of the session is an AttributeError that says
+    to use ``Session()``, and makes no session."""
 
     async def body(db: AsyncDatabase) -> None:
         Session = scoped(db)
@@ -98,8 +95,10 @@ def test_every_public_async_session_name_is_reachable(sqlite_adb: AsyncDB) -> No
         names = {n for n in dir(AsyncSession) if not n.startswith("_")} | {
             n for n in vars(session) if not n.startswith("_")
         }
-        assert len(names) > 40
-        missing = [n for n in sorted(names) if not reaches_the_session(Session, session, n)]
+        forwarded = {n for n in names if hasattr(async_scoped_session, n)}
+        assert len(forwarded) > 30
+        assert len(names - forwarded) > 5
+        missing = [n for n in sorted(forwarded) if not reaches_the_session(Session, session, n)]
         assert missing == []
         Session.autoflush = False  # set through the proxy
         assert session.autoflush is False
@@ -109,11 +108,19 @@ def test_every_public_async_session_name_is_reachable(sqlite_adb: AsyncDB) -> No
         Session.expunge_all()
         await Session.rollback()
         await Session.remove()
+        not_refused = [n for n in sorted(names - forwarded) if not refused_with_a_hint(Session, n)]
+        assert not_refused == []
+        assert not Session.registry.has()
+        assert Session.stats().created == 1
 
     sqlite_adb.run(body)
 
 
-def test_names_the_proxy_does_not_write_out_are_forwarded() -> None:
+def test_names_the_proxy_does_not_forward_are_attribute_errors() -> None:
+    """No name is forwarded but SQLAlchemy's proxy's: another is an AttributeError at
+    once, which makes no session; the session's own members are reached with
+    ``Session()``."""
+
     class Extra(AsyncTrivialSession):
         def shout(self) -> str:
             return "hi"
@@ -122,15 +129,28 @@ def test_names_the_proxy_does_not_write_out_are_forwarded() -> None:
     Other = AsyncScopedSession(Extra)
 
     async def main() -> None:
-        assert Other.shout() == "hi"  # type: ignore[attr-defined]  # before any session: made by the lookup
-        assert Session.kw == {}  # type: ignore[attr-defined]  # an instance attribute
-        assert Session.closed == 0  # type: ignore[attr-defined]  # forwarded at run time
-        Session.registry.set(Extra())
-        assert Session.shout() == "hi"  # type: ignore[attr-defined]  # forwarded at run time
+        for name in ("shout", "kw", "closed", "nothing_like_this", "_private"):
+            with pytest.raises(AttributeError, match=f"has no attribute '{name}'"):
+                getattr(Other, name)  # before any session: the lookup makes none
+        # AsyncSession's members that SQLAlchemy's proxy lacks say what to use.
+        hints = {
+            "in_transaction": "Session().in_transaction()",
+            "run_sync": "await Session().run_sync(...)",
+            "sync_session": "Session().sync_session",
+        }
+        for name, hint in hints.items():
+            with pytest.raises(AttributeError, match=re.escape(hint)):
+                getattr(Other, name)
+        assert not Other.registry.has()
+        assert Other.stats().created == 0
+        assert Other().shout() == "hi"
+        assert Session().kw == {}  # an instance attribute
+        assert Session().closed == 0
+        extra = Extra()
+        Session.registry.set(extra)
+        assert Session() is extra
         with pytest.raises(AttributeError):
-            Session.nothing_like_this  # type: ignore[attr-defined]  # noqa: B018
-        with pytest.raises(AttributeError):
-            Session._private  # type: ignore[attr-defined]  # noqa: B018
+            Session.shout  # type: ignore[attr-defined]  # noqa: B018  # the session's own: still not
         await Session.remove()
         await Other.remove()
 
@@ -319,7 +339,7 @@ class WaitingSession:
         inside.set()
         await leave.wait()
 
-    def add(self, obj: object) -> None:
+    def add(self, instance: object, *, _warn: bool = True) -> None:
         pass
 
     async def close(self) -> None:
@@ -333,7 +353,7 @@ def test_concurrent_use_by_two_tasks_warns() -> None:
         leave, inside = asyncio.Event(), asyncio.Event()
 
         async def first_user() -> None:
-            await Session.wait_inside(leave, inside)  # type: ignore[attr-defined]  # forwarded at run time
+            await Session().wait_inside(leave, inside)
 
         async with Session.scope():
             first = asyncio.create_task(first_user())
@@ -367,7 +387,7 @@ def test_the_owner_inside_the_session_is_seen_by_a_child() -> None:
 
         async with Session.scope():
             task = asyncio.create_task(child())
-            await Session.wait_inside(leave, inside)  # type: ignore[attr-defined]  # the owner, on the fast path
+            await Session().wait_inside(leave, inside)  # the owner, on the fast path
             await task
         assert len(errors) == 1
         assert isinstance(errors[0], ScopedSessionError)
@@ -382,7 +402,7 @@ def test_the_owner_is_checked_once_a_child_used_its_unit() -> None:
         leave, inside = asyncio.Event(), asyncio.Event()
 
         async def child() -> None:
-            await Session.wait_inside(leave, inside)  # type: ignore[attr-defined]  # forwarded at run time
+            await Session().wait_inside(leave, inside)
 
         async with Session.scope():
             Session.add(object())  # the owner alone: the fast path
@@ -434,7 +454,7 @@ def test_two_tasks_on_a_real_async_session_are_detected(sqlite_adb: AsyncDB) -> 
             leave.set()
 
         async def first() -> None:
-            await Session.wait_inside(leave, inside)  # type: ignore[attr-defined]  # forwarded at run time
+            await Session().wait_inside(leave, inside)
 
         async with Session.scope():
             await asyncio.gather(first(), second())

@@ -18,14 +18,7 @@ import pytest
 
 pytest.importorskip("sqlalchemy", reason="SQLAlchemy compatibility needs SQLAlchemy")
 import sqlalchemy as sa
-from helpers import (
-    AsyncDatabase,
-    AsyncDB,
-    Note,
-    checkedout,
-    make_async_engine,
-    require_generated_sqlalchemy,
-)
+from helpers import AsyncDatabase, AsyncDB, Note, checkedout, make_async_engine
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
@@ -330,10 +323,14 @@ def test_class_level_helpers_make_no_session(sqlite_engine: sa.Engine) -> None:
 
 
 def test_async_class_level_helpers_make_no_session(sqlite_adb: AsyncDB) -> None:
-    require_generated_sqlalchemy()  # AsyncSession's class-level helpers differ in 2.0
+    from sqlalchemy.ext import asyncio as sa_asyncio
     from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session, async_sessionmaker
 
     from scoped_session.asyncio import AsyncScopedSession
+
+    # SQLAlchemy's own AsyncSession.close_all() fails before 2.0.23, which fixed it,
+    # deprecated it and added close_all_sessions(): the proxies do what it does.
+    close_all_works = hasattr(sa_asyncio, "close_all_sessions")
 
     async def body(db: AsyncDatabase) -> None:
         ours = AsyncScopedSession(async_sessionmaker(db.engine))
@@ -355,8 +352,13 @@ def test_async_class_level_helpers_make_no_session(sqlite_adb: AsyncDB) -> None:
             assert helper.object_session(note) is AsyncSession.object_session(note)
             assert helper.identity_key(instance=note) == (Note, (1,), None)
             assert db.checkedout() == 1
-            with pytest.warns(sa_exc.SADeprecationWarning, match=r"close_all\(\) method"):
-                assert await helper.close_all() is None
+            if close_all_works:
+                with pytest.warns(sa_exc.SADeprecationWarning, match=r"close_all\(\) method"):
+                    assert await helper.close_all() is None
+            else:
+                with pytest.raises(AttributeError, match="sync_session"):
+                    await helper.close_all()
+                await real.close()
             assert note not in real
             assert helper.object_session(note) is None
             assert db.checkedout() == 0
@@ -490,9 +492,12 @@ SIGNATURES = (
 
 @pytest.mark.parametrize("name", SIGNATURES)
 def test_signatures_are_the_sessions(name: str) -> None:
-    require_generated_sqlalchemy()
+    """On every supported SQLAlchemy (a generated module per line)."""
     assert inspect.signature(getattr(ScopedSession, name)) == inspect.signature(
         getattr(Session, name)
+    )
+    assert inspect.signature(getattr(ScopedSession, name)) == inspect.signature(
+        getattr(sa_scoped_session, name)
     )
     bound = ScopedSession(Session)
     assert inspect.signature(getattr(bound, name)) == inspect.signature(getattr(Session(), name))
@@ -532,10 +537,12 @@ def test_help_lists_properties_as_properties(name: str) -> None:
     )
 
 
-# -- arguments exactly as given --------------------------------------------------------------
+# -- arguments as SQLAlchemy's proxy passes them ---------------------------------------------
 
 
-def test_arguments_reach_a_session_subclass_as_given(sqlite_engine: sa.Engine) -> None:
+def test_arguments_reach_a_session_subclass_as_sqlalchemys_proxy_passes_them(
+    sqlite_engine: sa.Engine,
+) -> None:
     calls: list[tuple[tuple[t.Any, ...], dict[str, t.Any]]] = []
 
     class Recording(Session):
@@ -544,11 +551,16 @@ def test_arguments_reach_a_session_subclass_as_given(sqlite_engine: sa.Engine) -
             return super().get_bind(mapper, **kw)
 
     Scoped = ScopedSession(sessionmaker(sqlite_engine, class_=Recording))
-    assert Scoped.get_bind(Note) is sqlite_engine
-    assert calls == [((Note,), {})]
-    assert Scoped.get_bind(Note, clause=None) is sqlite_engine
-    assert calls[1:] == [((Note,), {"clause": None})]
+    theirs = sa_scoped_session(sessionmaker(sqlite_engine, class_=Recording))
+    for registry in (Scoped, theirs):
+        assert registry.get_bind(Note) is sqlite_engine
+        assert registry.get_bind(Note, clause=None) is sqlite_engine
+    # Every parameter by keyword, defaults included.
+    assert calls[:2] == calls[2:]
+    defaults = {"bind": None, "_sa_skip_events": None, "_sa_skip_for_implicit_returning": False}
+    assert calls[:2] == [((Note,), {"clause": None, **defaults})] * 2
     Scoped.remove()
+    theirs.remove()
     assert checkedout(sqlite_engine) == 0
 
 
@@ -565,18 +577,33 @@ class Recorder:
         pass
 
 
-def test_arguments_reach_any_session_as_given() -> None:
+def test_arguments_reach_any_session_as_sqlalchemys_proxy_passes_them() -> None:
     Scoped = ScopedSession(Recorder)
-    # The typed proxy is Session's; this session's add() takes anything.
-    proxy: t.Any = Scoped
-    proxy.add()
-    proxy.add(1, two=2)
-    proxy.add(*range(12), a="a", b=None, c=[3])
-    proxy.add(self="s", args=(), kwargs={})  # names the forwarder itself uses
-    assert Scoped().calls == [
-        ((), {}),
-        ((1,), {"two": 2}),
-        (tuple(range(12)), {"a": "a", "b": None, "c": [3]}),
-        ((), {"self": "s", "args": (), "kwargs": {}}),
-    ]
+    theirs = sa_scoped_session(t.cast("t.Any", Recorder))
+    for registry in (Scoped, theirs):
+        registry.add(1)
+        registry.add(instance=2)
+        registry.add(3, _warn=False)
+    expected = [((1,), {"_warn": True}), ((2,), {"_warn": True}), ((3,), {"_warn": False})]
+    assert Scoped().calls == theirs.registry().calls == expected
     Scoped.remove()
+    theirs.remove()
+
+
+def test_a_sync_registry_warns_about_a_session_that_serves_asyncio() -> None:
+    """SQLAlchemy's own test_config_errors: a plain callable makes a sync Session
+    flagged as an asyncio one's; the warning says which registry to use."""
+    from sqlalchemy import exc
+    from sqlalchemy.orm import Session as SASession
+
+    def go() -> SASession:
+        session = SASession()
+        session._is_asyncio = True
+        return session
+
+    Session = ScopedSession(go)
+    with pytest.warns(exc.SADeprecationWarning, match=r"^Using `scoped_session` with asyncio"):
+        made = Session()
+    assert isinstance(made, SASession)
+    Session.remove()  # a sync close: nothing is left un-awaited
+    assert not Session.registry.has()

@@ -313,7 +313,7 @@ def test_stream_reads_a_result_the_view_opened_inside_its_transaction(db: Databa
 
         def body() -> t.Iterator[str]:
             for note in notes:
-                during.append((Session.in_transaction(), db.checkedout()))  # type: ignore[attr-defined]  # forwarded at run time
+                during.append((Session().in_transaction(), db.checkedout()))
                 yield note.text + "\n"
             Session.add(Note(text="exported"))
 

@@ -1,12 +1,14 @@
 """What the proxy's members do with what they are given: arguments reach the
-caller's session exactly as given, settable names set the session's, and a
-failing scope makes nothing. Fake sessions: this is pure logic."""
+caller's session as SQLAlchemy's proxy passes them on, settable names set the
+session's, a name the proxy does not forward is an AttributeError, and a failing
+scope makes nothing. Fake sessions: this is pure logic."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import logging
+import re
 import typing as t
 import weakref
 
@@ -40,29 +42,92 @@ class AsyncRecording(Recording):
         self.closed += 1
 
 
-def test_arguments_reach_the_session_exactly_as_given() -> None:
+#: What Session.get_bind() passes on besides ``mapper``: every parameter, by keyword,
+#: with SQLAlchemy's defaults (the same in 2.0 and 2.1).
+GET_BIND_DEFAULTS = {
+    "clause": None,
+    "bind": None,
+    "_sa_skip_events": None,
+    "_sa_skip_for_implicit_returning": False,
+}
+
+
+def test_arguments_reach_the_session_as_sqlalchemys_proxy_passes_them() -> None:
     # Typed as Any: the proxy's members are typed for SQLAlchemy's Session, and
     # what is checked here is what reaches a session of any kind at run time.
     Session: t.Any = ScopedSession(Recording)
     session = Session()
-    assert Session.add() == "added"
-    Session.add(1)
-    Session.add(1, two=2)
-    many = tuple(range(12))
-    Session.add(*many, a=1, b=2, c=3)
-    Session.add(two=2)
+    assert Session.add(1) == "added"
+    Session.add(1, _warn=False)
+    Session.add(instance=2)
     assert session.calls == [
-        ("add", (), {}),
-        ("add", (1,), {}),
-        ("add", (1,), {"two": 2}),
-        ("add", many, {"a": 1, "b": 2, "c": 3}),
-        ("add", (), {"two": 2}),
+        ("add", (1,), {"_warn": True}),
+        ("add", (1,), {"_warn": False}),
+        ("add", (2,), {"_warn": True}),
     ]
-    # Not the session's defaults filled in: what the caller passed, no more.
-    assert Session.get_bind() == (None, {})
-    assert Session.get_bind("m", clause="c") == ("m", {"clause": "c"})
-    with pytest.raises(TypeError):
-        Session.get_bind("m", "extra")
+    # The session's defaults filled in, by keyword, as SQLAlchemy's proxy does.
+    assert Session.get_bind() == (None, GET_BIND_DEFAULTS)
+    assert Session.get_bind("m", clause="c") == ("m", {**GET_BIND_DEFAULTS, "clause": "c"})
+    assert Session.get_bind("m", extra=1) == ("m", {**GET_BIND_DEFAULTS, "extra": 1})
+    Session.remove()
+
+
+def test_arguments_the_signature_refuses_make_no_session() -> None:
+    """A call the member's signature refuses is a TypeError before the caller's
+    session is read: none is made."""
+    Session: t.Any = ScopedSession(Recording)
+    calls: list[t.Callable[[], object]] = [
+        lambda: Session.add(),
+        lambda: Session.add(1, 2, 3),
+        lambda: Session.add(1, warn=False),
+        lambda: Session.get_bind("m", "extra"),
+        lambda: Session.commit(True),
+    ]
+    for call in calls:
+        with pytest.raises(TypeError):
+            call()
+    assert not Session.registry.has()
+    assert Session.stats().created == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("in_transaction", "Session().in_transaction()"),
+        ("get_transaction", "Session().get_transaction()"),
+        ("expire_on_commit", "Session().expire_on_commit"),
+        ("dispatch", "Session().dispatch"),
+    ],
+)
+def test_the_sessions_other_members_are_attribute_errors(name: str, hint: str) -> None:
+    """A member of SQLAlchemy's Session that its proxy does not forward is not
+    forwarded either: an AttributeError at once that says to use the session, and
+    no session is made."""
+    Session = ScopedSession(Recording)
+    assert not hasattr(Session, name)
+    assert not hasattr(ScopedSession, name)
+    with pytest.raises(AttributeError) as caught:
+        getattr(Session, name)
+    assert str(caught.value) == (
+        f"'ScopedSession' object has no attribute '{name}': ScopedSession does not forward"
+        f" the session's {name}, like SQLAlchemy's scoped_session. Use it on the session: {hint}"
+    )
+    assert caught.value.name == name
+    assert caught.value.obj is Session
+    assert not Session.registry.has()
+    assert Session.stats().created == 0
+
+
+def test_other_names_are_attribute_errors_and_make_no_session() -> None:
+    """A typo, a private name, or a member only a custom session has: the registry
+    has no ``__getattr__``; the session's own members are reached with ``Session()``."""
+    Session: t.Any = ScopedSession(Recording)
+    for name in ("exceute", "_private", "kw", "calls", "__wrapped__"):
+        with pytest.raises(AttributeError, match=f"has no attribute '{name}'"):
+            getattr(Session, name)
+    assert not Session.registry.has()
+    assert Session().kw == {}
+    assert not any(hasattr(cls, "__getattr__") for cls in type(Session).__mro__)
     Session.remove()
 
 
@@ -112,20 +177,23 @@ def test_a_dropped_registry_closes_the_session_it_held(caplog: pytest.LogCapture
     assert "ended without remove()" in caplog.text
 
 
-def test_the_async_proxy_passes_arguments_as_given() -> None:
+def test_the_async_proxy_passes_arguments_as_sqlalchemys_does() -> None:
     Session: t.Any = AsyncScopedSession(AsyncRecording)
 
     async def main() -> None:
         with pytest.raises(TypeError):
             Session(1)
         assert not Session.registry.has()
+        with pytest.raises(TypeError):
+            Session.add(1, two=2)
+        assert not Session.registry.has()
         session = Session(flag=True)
         assert session.kw == {"flag": True}
-        many = tuple(range(12))
-        assert Session.add(1, two=2) == "added"
-        Session.add(*many, a=1)
-        assert session.calls == [("add", (1,), {"two": 2}), ("add", many, {"a": 1})]
-        assert Session.get_bind("m", clause="c") == ("m", {"clause": "c"})
+        assert Session.add(1) == "added"
+        Session.add(2, _warn=False)
+        assert session.calls == [("add", (1,), {"_warn": True}), ("add", (2,), {"_warn": False})]
+        # AsyncSession.get_bind takes fewer parameters than Session's.
+        assert Session.get_bind("m", clause="c") == ("m", {"clause": "c", "bind": None})
         Session.autoflush = False
         assert session.autoflush is False
         await Session.remove()
@@ -133,3 +201,20 @@ def test_the_async_proxy_passes_arguments_as_given() -> None:
         assert not Session.registry.has()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("in_transaction", "Session().in_transaction()"),
+        ("sync_session", "Session().sync_session"),
+        ("run_sync", "await Session().run_sync(...)"),
+    ],
+)
+def test_the_async_sessions_other_members_are_attribute_errors(name: str, hint: str) -> None:
+    Session = AsyncScopedSession(AsyncRecording)
+    assert not hasattr(Session, name)
+    with pytest.raises(AttributeError, match=re.escape(f"Use it on the session: {hint}")):
+        getattr(Session, name)
+    assert not Session.registry.has()
+    assert Session.stats().created == 0

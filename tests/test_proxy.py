@@ -122,14 +122,19 @@ def test_proxy_makes_the_session_on_first_use(Session: ScopedSession[TrivialSess
     assert Session().committed == 1
 
 
-def test_getattr_forwards_public_and_refuses_private(
+def test_names_the_proxy_lacks_are_attribute_errors(
     Session: ScopedSession[TrivialSession],
 ) -> None:
-    assert Session.kw == {}  # type: ignore[attr-defined]  # forwarded at run time
+    """No ``__getattr__``: a name SQLAlchemy's proxy lacks fails at once, public or
+    private, and makes no session; the session's own are reached with ``Session()``."""
+    with pytest.raises(AttributeError, match="'kw'"):
+        _ = Session.kw  # type: ignore[attr-defined]  # not forwarded
     with pytest.raises(AttributeError):
-        _ = Session._private_thing  # type: ignore[attr-defined]  # forwarded at run time
+        _ = Session._private_thing  # type: ignore[attr-defined]  # not forwarded
     with pytest.raises(AttributeError, match="nope"):
-        _ = Session.nope  # type: ignore[attr-defined]  # forwarded at run time
+        _ = Session.nope  # type: ignore[attr-defined]  # not forwarded
+    assert not Session.registry.has()
+    assert Session().kw == {}
 
 
 def test_threads_get_their_own_sessions(Session: ScopedSession[TrivialSession]) -> None:
@@ -490,23 +495,27 @@ class TenantSession(TrivialSession):
         return self.tenant.upper()
 
 
-def test_names_only_the_session_has_are_forwarded_in_every_thread() -> None:
+def test_names_only_the_session_has_are_reached_through_it_in_every_thread() -> None:
     Session = ScopedSession(TenantSession)
-    # Before any session exists, and after: the first access makes one.
-    assert Session.tenant == "acme"  # type: ignore[attr-defined]  # forwarded at run time
-    assert Session.tenant_name() == "ACME"  # type: ignore[attr-defined]  # forwarded at run time
+    # Not forwarded, before any session exists and after.
+    for _ in range(2):
+        assert not hasattr(Session, "tenant")
+        assert not hasattr(Session, "tenant_name")
+        assert Session().tenant == "acme"
+    assert Session().tenant_name() == "ACME"
     seen: list[object] = []
 
     def fresh_thread() -> None:
-        seen.append(Session.tenant)  # type: ignore[attr-defined]  # forwarded at run time
-        seen.append(Session.tenant_name())  # type: ignore[attr-defined]  # forwarded at run time
+        seen.append(hasattr(Session, "tenant"))
+        seen.append(Session().tenant)
+        seen.append(Session().tenant_name())
         Session.remove()
 
     thread = threading.Thread(target=fresh_thread)
     thread.start()
     thread.join(10)
     assert not thread.is_alive()
-    assert seen == ["acme", "ACME"]
+    assert seen == [False, "acme", "ACME"]
     Session.remove()
 
 
@@ -558,9 +567,9 @@ def test_settable_names_set_the_sessions_attribute(
     Session.remove()
 
 
-def test_a_later_session_type_with_more_names_is_forwarded_too() -> None:
-    """A name the proxy does not define reaches whichever session the caller has
-    now, whatever kinds of session came before."""
+def test_what_is_forwarded_does_not_depend_on_the_session() -> None:
+    """The proxy's names are SQLAlchemy's proxy's, whatever kind of session the
+    caller has now or had before: a session's other names are never forwarded."""
 
     class Plain:
         def close(self) -> None:
@@ -569,18 +578,19 @@ def test_a_later_session_type_with_more_names_is_forwarded_too() -> None:
     kinds: list[type[t.Any]] = [Plain, TenantSession]
     Session: ScopedSession[t.Any] = ScopedSession(lambda: kinds.pop(0)())
     assert isinstance(Session(), Plain)
-    with pytest.raises(AttributeError):
-        _ = Session.tenant  # type: ignore[attr-defined]  # Plain has none
+    assert not hasattr(Session, "tenant")
     Session.remove()
     assert isinstance(Session(), TenantSession)
-    assert Session.tenant == "acme"  # type: ignore[attr-defined]  # forwarded at run time
+    assert not hasattr(Session, "tenant")
+    assert Session().tenant == "acme"
     found: list[object] = []
     thread = threading.Thread(target=lambda: found.append(hasattr(Session, "tenant_name")))
     kinds.append(TenantSession)
     thread.start()
     thread.join(10)
     assert not thread.is_alive()
-    assert found == [True]
+    assert found == [False]
+    assert Session.stats().created == 2  # the thread's hasattr() made none
     Session.remove_all()
 
 
@@ -644,6 +654,25 @@ def test_a_reap_names_the_line_of_the_leaked_session_not_an_earlier_one(
     (record,) = [r for r in caplog.records if "finalizer" in r.getMessage()]
     assert f"{__file__}:{first + 2})" in record.getMessage()
     assert f"{__file__}:{first})" not in record.getMessage()
+
+
+@pytest.mark.parametrize("how", ["Session()", "Session.registry()", "Session.commit()"])
+def test_a_reap_names_the_users_line_whichever_way_the_session_was_made(
+    how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    Session = ScopedSession(TrivialSession)
+    make = {
+        "Session()": lambda: Session(),
+        "Session.registry()": lambda: Session.registry(),
+        "Session.commit()": lambda: Session.commit(),
+    }[how]
+    line = make.__code__.co_firstlineno
+    thread = threading.Thread(target=make)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive()
+    (record,) = [r for r in caplog.records if "finalizer" in r.getMessage()]
+    assert f"{__file__}:{line})" in record.getMessage()
 
 
 def test_a_reaped_unit_is_named_by_its_label(caplog: pytest.LogCaptureFixture) -> None:

@@ -2,26 +2,40 @@
 
 ::
 
-    python tools/generate_proxy.py           # rewrite both modules
+    python tools/generate_proxy.py           # write the installed SQLAlchemy line's modules
     python tools/generate_proxy.py --check   # exit 1 with a diff when one is stale
 
-It writes ``scoped_session/_session_api.py`` (for :class:`sqlalchemy.orm.Session`) and
-``scoped_session/_async_session_api.py`` (for :class:`sqlalchemy.ext.asyncio.AsyncSession`).
-Each holds the members that SQLAlchemy's own proxy (``scoped_session`` /
-``async_scoped_session``) forwards, read from the names between that proxy's ``# START
-PROXY METHODS`` and ``# END PROXY METHODS`` markers, twice: a typed class with the
-session's signatures, and the plain forwarders used at runtime.
+SQLAlchemy's ``Session`` differs between its minor lines (2.1 added members and
+parameters, and changed some defaults), and a forwarder must never pass a keyword the
+installed session does not take. So there is a module per line and session kind:
+``scoped_session/_session_api_20.py`` and ``_session_api_21.py`` (for
+:class:`sqlalchemy.orm.Session`), ``scoped_session/_async_session_api_20.py`` and
+``_async_session_api_21.py`` (for :class:`sqlalchemy.ext.asyncio.AsyncSession`). Run the
+script once with the latest release of each line installed. The handwritten
+``_session_api.py`` and ``_async_session_api.py`` pick the module at import time.
 
-The output is written already formatted as ``ruff format`` and ruff's isort want it, so
-that neither this script nor the freshness test needs ruff. What it cannot lay out
-(a signature line that would still be too long after splitting) stops it with an error.
+Each module holds one class. It forwards the members that SQLAlchemy's own proxy
+(``scoped_session`` / ``async_scoped_session``) forwards, read from the names between
+that proxy's ``# START PROXY METHODS`` and ``# END PROXY METHODS`` markers, and writes
+each one as SQLAlchemy's generated proxy writes it: the same signature, and a call that
+passes every parameter on explicitly, defaults included. It also gets a descriptor for
+each public member of the session that the proxy does not forward, which raises an
+``AttributeError`` saying to use the session for it.
+
+Within a line the releases differ only in annotations (2.0.22's ``bulk_insert_mappings``
+annotates ``mapper`` as ``Mapper[Any]``, 2.0.59 as ``_EntityBindKey[Any]``), never in
+names, parameters or defaults. A module generated from a newer release of its line is
+kept when the script runs with an older one, and ``--check`` does not compare it.
+
+The output is already formatted as ``ruff format`` wants it, so that neither this script
+nor the freshness test needs ruff. What it cannot lay out (a signature line that would
+still be too long after splitting) stops it with an error.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import builtins
 import dataclasses
 import difflib
 import importlib
@@ -35,30 +49,35 @@ import typing as t
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LINE_LENGTH = 100
 INDENT = "    "
+#: What every forwarder calls: the caller's session, read as ``Registry._current()``
+#: reads it, inline (a call would be most of a forwarder's cost).
+SESSION = "(self._slot.cell.session or self._create({}))"
 
 
 @dataclasses.dataclass(frozen=True)
 class Kind:
-    """One generated module: which session class and which SQLAlchemy proxy it follows."""
+    """One session kind: which session class and which SQLAlchemy proxy it follows."""
 
     #: SQLAlchemy's proxy class, whose proxied names are the ones generated.
     proxy_module: str
     proxy_class: str
-    #: The session class whose signatures the members carry.
+    #: The session class (for the members the proxy does not forward).
     session_module: str
     session_class: str
     #: Where users import the session class from (for the docstrings).
     public_path: str
-    #: The module written, relative to the repository root.
-    target: str
+    #: The generated class.
+    class_name: str
+    #: The modules written, relative to the repository root, without ``_20.py``.
+    stem: str
+
+    def target(self, line: str) -> str:
+        return f"{self.stem}_{line}.py"
 
     @property
-    def signatures_class(self) -> str:
-        return f"{self.session_class}Signatures"
-
-    @property
-    def forwarders_class(self) -> str:
-        return f"{self.session_class}Proxy"
+    def chooser(self) -> str:
+        """The handwritten module that picks a line's module: ``_session_api.py``."""
+        return self.stem.rpartition("/")[2] + ".py"
 
 
 KINDS: dict[str, Kind] = {
@@ -68,7 +87,8 @@ KINDS: dict[str, Kind] = {
         session_module="sqlalchemy.orm.session",
         session_class="Session",
         public_path="sqlalchemy.orm.Session",
-        target="scoped_session/_session_api.py",
+        class_name="SessionProxy",
+        stem="scoped_session/_session_api",
     ),
     "async": Kind(
         proxy_module="sqlalchemy.ext.asyncio.scoping",
@@ -76,13 +96,39 @@ KINDS: dict[str, Kind] = {
         session_module="sqlalchemy.ext.asyncio.session",
         session_class="AsyncSession",
         public_path="sqlalchemy.ext.asyncio.AsyncSession",
-        target="scoped_session/_async_session_api.py",
+        class_name="AsyncSessionProxy",
+        stem="scoped_session/_async_session_api",
     ),
 }
 
 
 class GeneratorError(Exception):
     """SQLAlchemy changed in a way this script does not know how to write out."""
+
+
+def installed_version() -> str:
+    import sqlalchemy
+
+    return str(sqlalchemy.__version__)
+
+
+def line_of(version: str) -> str:
+    """``"21"`` for SQLAlchemy 2.1.x: the suffix of the line's modules."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found is None:
+        raise GeneratorError(f"Cannot read the SQLAlchemy version {version!r}.")
+    return found[1] + found[2]
+
+
+def release(version: str) -> tuple[int, ...]:
+    """``(2, 0, 59)`` for ``"2.0.59"``: for comparing releases of one line."""
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+def recorded_version(text: str) -> str | None:
+    """The SQLAlchemy release a generated module names in its docstring."""
+    found = re.search(r"from SQLAlchemy (\d+\.\d+\.\d+\S*?);", text)
+    return found[1] if found else None
 
 
 # --------------------------------------------------------------------------- members
@@ -92,13 +138,20 @@ class GeneratorError(Exception):
 class Member:
     name: str
     kind: t.Literal["method", "classmethod", "property"]
-    #: methods and classmethods: the session's function (unwrapped), overloads first.
-    functions: list[t.Callable[..., t.Any]] = dataclasses.field(default_factory=list)
-    #: properties: the annotations of SQLAlchemy's proxy property (getter, setter).
+    #: methods and classmethods: SQLAlchemy's proxy function (unwrapped)
+    function: t.Callable[..., t.Any] | None = None
+    #: properties: the annotations of SQLAlchemy's proxy property (getter, setter)
     getter_type: str = ""
-    setter_type: str | None = None
-    #: the module whose namespace the annotations are written in
-    module: str = ""
+    setter: inspect.Parameter | None = None
+
+
+@dataclasses.dataclass
+class Unforwarded:
+    """A public member of the session that SQLAlchemy's proxy does not forward."""
+
+    name: str
+    #: how to reach it on the session, for the error message
+    hint: str
 
 
 def proxied_names(kind: Kind) -> list[str]:
@@ -129,47 +182,54 @@ def proxied_names(kind: Kind) -> list[str]:
 
 def collect_members(kind: Kind) -> list[Member]:
     proxy = getattr(importlib.import_module(kind.proxy_module), kind.proxy_class)
-    session = getattr(importlib.import_module(kind.session_module), kind.session_class)
     members = []
     for name in proxied_names(kind):
         proxied = inspect.getattr_static(proxy, name)
         if isinstance(proxied, property):
             assert proxied.fget is not None
-            setter_type = None
+            setter = None
             if proxied.fset is not None:
-                setter_type = _annotation_of(list(_signature(proxied.fset).parameters.values())[1])
-            members.append(
-                Member(
-                    name,
-                    "property",
-                    getter_type=_annotation_text(_signature(proxied.fget).return_annotation),
-                    setter_type=setter_type,
-                    module=proxy.__module__,
-                )
-            )
-            continue
-        member_kind: t.Literal["method", "classmethod"]
-        original = inspect.getattr_static(session, name)
-        if isinstance(proxied, classmethod) and isinstance(original, classmethod):
-            member_kind, function = "classmethod", original.__func__
-        elif inspect.isfunction(proxied) and inspect.isfunction(original):
-            member_kind, function = "method", original
+                setter = list(_signature(proxied.fset).parameters.values())[1]
+                _annotation_text(setter.annotation)
+            getter_type = _annotation_text(_signature(proxied.fget).return_annotation)
+            members.append(Member(name, "property", getter_type=getter_type, setter=setter))
+        elif isinstance(proxied, classmethod):
+            members.append(Member(name, "classmethod", inspect.unwrap(proxied.__func__)))
+        elif inspect.isfunction(proxied):
+            members.append(Member(name, "method", inspect.unwrap(proxied)))
         else:
             raise GeneratorError(
-                f"{kind.proxy_class}.{name} is {type(proxied).__name__} and "
-                f"{kind.session_class}.{name} is {type(original).__name__}: not a pair this "
-                "script knows (a method, a classmethod, or a property on the proxy)."
+                f"{kind.proxy_class}.{name} is a {type(proxied).__name__}: not a member this "
+                "script knows (a method, a classmethod or a property)."
             )
-        functions = [*t.get_overloads(function), function]
-        members.append(
-            Member(
-                name,
-                member_kind,
-                functions=functions,
-                module=inspect.unwrap(function).__module__,
-            )
-        )
     return members
+
+
+def collect_unforwarded(kind: Kind, members: list[Member]) -> list[Unforwarded]:
+    """The session's public members that the proxy does not forward: its class's,
+    those its instances set in ``__init__``, and those its class only annotates."""
+    session_class = getattr(importlib.import_module(kind.session_module), kind.session_class)
+    proxy = getattr(importlib.import_module(kind.proxy_module), kind.proxy_class)
+    names = set(dir(session_class))
+    for cls in session_class.__mro__:
+        names.update(inspect.get_annotations(cls))
+    names.update(vars(session_class()))  # makes no connection
+    forwarded = {member.name for member in members}
+    found = []
+    for name in sorted(names):
+        if name.startswith("_") or name in forwarded or hasattr(proxy, name):
+            continue
+        member = inspect.getattr_static(session_class, name, None)
+        if isinstance(member, classmethod | staticmethod):
+            member = member.__func__
+        if inspect.isfunction(member):
+            takes = len(_signature(member).parameters) > 1
+            awaited = "await " if inspect.iscoroutinefunction(member) else ""
+            hint = f"{awaited}Session().{name}({'...' if takes else ''})"
+        else:
+            hint = f"Session().{name}"
+        found.append(Unforwarded(name, hint))
+    return found
 
 
 def _signature(function: t.Callable[..., t.Any]) -> inspect.Signature:
@@ -181,269 +241,6 @@ def _annotation_text(annotation: object) -> str:
     if not isinstance(annotation, str):
         raise GeneratorError(f"Expected an annotation string, got {annotation!r}.")
     return annotation
-
-
-def _annotation_of(parameter: inspect.Parameter) -> str:
-    return _annotation_text(parameter.annotation)
-
-
-# --------------------------------------------------------------------------- names
-
-
-@dataclasses.dataclass(frozen=True)
-class Origin:
-    """Where a name in an annotation comes from: ``from module import name``."""
-
-    module: str
-    name: str
-
-
-_SOURCES: dict[str, dict[str, list[tuple[str, str] | None]] | None] = {}
-
-
-def _bindings(module: str) -> dict[str, list[tuple[str, str] | None]] | None:
-    """The module's top-level names: None when defined there, else (module, name) imported.
-
-    Statements under ``if`` (``TYPE_CHECKING`` and version checks) and ``try`` count
-    too; None when the module has no Python source to read.
-    """
-    if module in _SOURCES:
-        return _SOURCES[module]
-    path = _source_path(module)
-    if path is None:
-        _SOURCES[module] = None
-        return None
-    is_package = path.name == "__init__.py"
-    found: dict[str, list[tuple[str, str] | None]] = {}
-
-    def visit(statements: list[ast.stmt]) -> None:
-        for node in statements:
-            if isinstance(node, ast.ImportFrom):
-                source = _absolute(module, is_package, node.module, node.level)
-                for alias in node.names:
-                    if alias.name != "*":
-                        found.setdefault(alias.asname or alias.name, []).append(
-                            (source, alias.name)
-                        )
-            elif isinstance(node, ast.Import):
-                for alias in node.names:
-                    # A module, not a name that can be imported from one.
-                    local = alias.asname or alias.name.partition(".")[0]
-                    found.setdefault(local, []).append((alias.name, ""))
-            elif isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-                found.setdefault(node.name, []).append(None)
-            elif isinstance(node, ast.Assign | ast.AnnAssign):
-                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                for target in targets:
-                    for leaf in ast.walk(target):
-                        if isinstance(leaf, ast.Name):
-                            found.setdefault(leaf.id, []).append(None)
-            elif isinstance(node, ast.If):
-                visit(node.body)
-                visit(node.orelse)
-            elif isinstance(node, ast.Try):
-                visit(node.body)
-                for handler in node.handlers:
-                    visit(handler.body)
-                visit(node.orelse)
-                visit(node.finalbody)
-
-    visit(ast.parse(path.read_text(encoding="utf-8")).body)
-    _SOURCES[module] = found
-    return found
-
-
-def _source_path(module: str) -> pathlib.Path | None:
-    # Only SQLAlchemy's own modules are followed; its compiled ones ship their .py too.
-    if module != "sqlalchemy" and not module.startswith("sqlalchemy."):
-        return None
-    package = importlib.import_module("sqlalchemy")
-    base = pathlib.Path(package.__path__[0]).joinpath(*module.split(".")[1:])
-    for path in (base / "__init__.py", base.with_suffix(".py")):
-        if path.is_file():
-            return path
-    return None
-
-
-def _absolute(module: str, is_package: bool, name: str | None, level: int) -> str:
-    if level == 0:
-        assert name is not None
-        return name
-    parts = module.split(".")
-    if not is_package:
-        parts.pop()
-    if level > 1:
-        parts = parts[: -(level - 1)]
-    return ".".join([*parts, name] if name else parts)
-
-
-def resolve(module: str, name: str) -> Origin | None:
-    """Follow ``name`` as seen in ``module`` to the module that defines it.
-
-    None for a builtin. A name bound more than one way (``if``/``else`` imports) stops
-    at the module that binds it, as that is the name type checkers resolve.
-    """
-    bindings = _bindings(module)
-    if bindings is None:
-        return Origin(module, name)
-    ways = bindings.get(name)
-    if ways is None:
-        if hasattr(builtins, name):
-            return None
-        raise GeneratorError(f"{name!r} is not bound in {module}; cannot import it.")
-    if None in ways or len(set(ways)) > 1:
-        return Origin(module, name)
-    source, original = t.cast("tuple[str, str]", ways[0])
-    if not original:
-        raise GeneratorError(f"{name!r} is the module {source} in {module}; not supported.")
-    followed = _bindings(source)
-    if followed is None or original not in followed:
-        # Outside SQLAlchemy (typing, typing_extensions), or set up at runtime there.
-        return Origin(source, original)
-    return resolve(source, original)
-
-
-def names_in(annotation: str) -> set[str]:
-    """The names an annotation string refers to."""
-    names = set()
-    for node in ast.walk(ast.parse(annotation, mode="eval")):
-        if isinstance(node, ast.Name):
-            names.add(node.id)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            # A quoted name inside the annotation string, or a Literal's value: neither
-            # is in SQLAlchemy's signatures today, and each would need its own handling.
-            raise GeneratorError(f"A string inside the annotation {annotation!r}.")
-    return names
-
-
-# What ruff (pyupgrade, for Python 3.11) reports in SQLAlchemy's annotations, which are
-# kept verbatim: the generated module silences exactly these (ruff flags a needless one).
-# UP035 is for the import of a name, by module; UP006 for a use of a name.
-_TYPING = {"typing", "typing_extensions"}
-_UP006 = {
-    "typing": {"Dict", "List", "Set", "FrozenSet", "Tuple", "Type", "DefaultDict", "Deque"},
-    "typing_extensions": {"Type", "DefaultDict", "Deque"},
-}
-_UP035_OR_NOT = {
-    "typing": (
-        {"Callable", "Iterable", "Iterator", "Mapping", "Sequence", "AbstractSet", "Collection"}
-        | {"AsyncIterator", "Awaitable", "Coroutine", "Generator", "ContextManager"}
-        | _UP006["typing"],
-        {"Any", "Concatenate", "Literal", "Never", "NoReturn", "Optional", "Union", "Protocol"}
-        | {"ParamSpec", "TypeVar", "Unpack", "Self"},
-    ),
-    "typing_extensions": (
-        {"Any", "Callable", "Concatenate", "Iterable", "Iterator", "Literal", "Mapping", "Never"}
-        | {"NoReturn", "Optional", "Sequence", "Union", "AsyncIterator", "Awaitable", "Self"}
-        | {"Coroutine", "AbstractSet", "Collection", "Dict", "List", "Set", "FrozenSet"}
-        | {"Tuple", "Type", "DefaultDict", "Deque"},
-        {"ParamSpec", "TypeVar", "Unpack", "Generator", "ContextManager", "Protocol"},
-    ),
-}
-
-
-class Imports:
-    """The names the annotations use, each with where it is imported from."""
-
-    def __init__(self) -> None:
-        self.origins: dict[str, Origin] = {}
-        #: the ruff rules the annotations break (see _UP006)
-        self.ruff_codes: set[str] = set()
-
-    def add(self, annotation: str, module: str, *, star_args: bool = False) -> str:
-        for name in names_in(annotation):
-            origin = resolve(module, name)
-            if origin is None:
-                continue
-            known = self.origins.setdefault(name, origin)
-            if known != origin:
-                raise GeneratorError(
-                    f"{name!r} means {known} in one annotation and {origin} in another."
-                )
-        self._note_ruff_codes(annotation, star_args)
-        return annotation
-
-    def _note_ruff_codes(self, annotation: str, star_args: bool) -> None:
-        root = ast.parse(annotation, mode="eval").body
-        nested = {
-            id(leaf)
-            for node in ast.walk(root)
-            if isinstance(node, ast.Subscript)
-            for leaf in ast.walk(node.slice)
-        }
-        for node in ast.walk(root):
-            if not isinstance(node, ast.Name) or node.id not in self.origins:
-                continue
-            origin = self.origins[node.id]
-            if origin.module not in _TYPING:
-                continue
-            if origin.name in _UP006[origin.module]:
-                self.ruff_codes.add("UP006")
-            self.ruff_codes |= {"Union": {"UP007"}, "Optional": {"UP045"}}.get(origin.name, set())
-            if origin.name == "Unpack" and (star_args or id(node) in nested):
-                self.ruff_codes.add("UP044")  # Unpack[X] in a subscript or for *args: *X
-
-    def render(self) -> list[str]:
-        """The ``from ... import ...`` lines, grouped and ordered as ruff's isort does."""
-        # ruff keeps each ``name as alias`` in a statement of its own.
-        statements: list[tuple[str, list[tuple[str, str]]]] = []
-        plain: dict[str, list[tuple[str, str]]] = {}
-        for local, origin in self.origins.items():
-            if origin.name == local:
-                plain.setdefault(origin.module, []).append((origin.name, local))
-            else:
-                statements.append((origin.module, [(origin.name, local)]))
-        statements += plain.items()
-        for origin in self.origins.values():
-            if origin.module in _TYPING:
-                deprecated, fine = _UP035_OR_NOT[origin.module]
-                if origin.name in deprecated:
-                    self.ruff_codes.add("UP035")
-                elif origin.name not in fine:
-                    raise GeneratorError(
-                        f"Does ruff want {origin.module}.{origin.name} imported elsewhere "
-                        "(UP035)? Add it to _UP035_OR_NOT accordingly."
-                    )
-        sections: list[list[str]] = [[], []]
-        for module, members in sorted(
-            statements, key=lambda s: (_natural(s[0]), _member_key(min(s[1], key=_member_key)))
-        ):
-            stdlib = module.partition(".")[0] in sys.stdlib_module_names
-            sections[0 if stdlib else 1] += _import_lines(module, sorted(members, key=_member_key))
-        return [*sections[0], *([""] if all(sections) else []), *sections[1]]
-
-
-def _natural(text: str) -> list[tuple[int, int | str]]:
-    # ruff's isort compares case-insensitively, with digit runs compared as numbers.
-    return [
-        (0, int(part)) if part.isdigit() else (1, part)
-        for part in re.split(r"(\d+)", text.lower())
-        if part
-    ]
-
-
-def _member_key(member: tuple[str, str]) -> tuple[int, list[tuple[int, int | str]], str]:
-    name, local = member
-    # ruff's order-by-type: CONSTANTS, then Classes, then everything else.
-    if len(name) > 1 and name.upper() == name and name.lower() != name:
-        rank = 0
-    elif name[0].isupper():
-        rank = 1
-    else:
-        rank = 2
-    return rank, _natural(name), local
-
-
-def _import_lines(module: str, members: list[tuple[str, str]]) -> list[str]:
-    names = [name if name == local else f"{name} as {local}" for name, local in members]
-    line = f"{INDENT}from {module} import {', '.join(names)}"
-    if len(line) <= LINE_LENGTH:
-        return [line]
-    return [
-        f"{INDENT}from {module} import (",
-        *(f"{INDENT * 2}{name}," for name in names),
-        f"{INDENT})",
-    ]
 
 
 # --------------------------------------------------------------------------- rendering
@@ -464,67 +261,84 @@ def _default(value: object, where: str) -> str:
     )
 
 
-def _parameters(
-    function: t.Callable[..., t.Any], imports: Imports, module: str, *, is_classmethod: bool
-) -> list[str]:
+def _parameters(member: Member) -> tuple[list[str], list[str]]:
+    """The ``def`` line's parameters, and the call's arguments, as SQLAlchemy's
+    generated proxy writes them (``format_argspec_plus``'s ``apply_kw_proxied``): a
+    parameter without a default positionally, one with a default and every
+    keyword-only one by keyword, then ``*args`` and ``**kw``."""
+    assert member.function is not None
+    function = member.function
     where = f"{function.__qualname__}()"
-    texts: list[str] = []
     parameters = list(_signature(function).parameters.values())
     kinds = [parameter.kind for parameter in parameters]
+    has_star = inspect.Parameter.VAR_POSITIONAL in kinds
+    texts: list[str] = []
+    positional: list[str] = []
+    keywords: list[str] = []
     for index, parameter in enumerate(parameters):
+        name = parameter.name
         if index == 0:
-            # self / cls: typed implicitly, as SQLAlchemy's are.
+            # self / cls: typed implicitly, as SQLAlchemy's are. SQLAlchemy 2.0.22 calls
+            # AsyncSession.close_all's "self"; a classmethod's is in no signature.
             if parameter.annotation is not inspect.Parameter.empty:
                 raise GeneratorError(f"{where}: its first parameter is annotated.")
-            # A classmethod's is in no signature that can be seen, and SQLAlchemy 2.0 calls
-            # AsyncSession.close_all's "self", which pyright's strict mode rejects.
-            texts.append("cls" if is_classmethod else parameter.name)
+            texts.append("cls" if member.kind == "classmethod" else name)
             continue
         if (
             parameter.kind is inspect.Parameter.KEYWORD_ONLY
-            and inspect.Parameter.VAR_POSITIONAL not in kinds
+            and not has_star
             and kinds[index - 1] is not inspect.Parameter.KEYWORD_ONLY
         ):
             texts.append("*")
         if parameter.annotation is inspect.Parameter.empty:
-            raise GeneratorError(f"{where}: parameter {parameter.name!r} has no annotation.")
-        text = f"{parameter.name}: "
+            raise GeneratorError(f"{where}: parameter {name!r} has no annotation.")
+        text = f"{name}: {_annotation_text(parameter.annotation)}"
         if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
             text = "*" + text
+            positional.append(f"*{name}")
         elif parameter.kind is inspect.Parameter.VAR_KEYWORD:
             text = "**" + text
-        text += imports.add(
-            _annotation_of(parameter),
-            module,
-            star_args=parameter.kind is inspect.Parameter.VAR_POSITIONAL,
-        )
+            keywords.append(f"**{name}")
+        elif parameter.kind is inspect.Parameter.KEYWORD_ONLY:
+            keywords.append(f"{name}={name}")
+        elif (
+            parameter.default is inspect.Parameter.empty
+            or parameter.kind is inspect.Parameter.POSITIONAL_ONLY
+            # Before *args a keyword would clash with what *args fills in.
+            or has_star
+        ):
+            positional.append(name)
+        else:
+            keywords.append(f"{name}={name}")
         if parameter.default is not inspect.Parameter.empty:
-            text += " = " + _default(parameter.default, f"{where} parameter {parameter.name!r}")
+            text += " = " + _default(parameter.default, f"{where} parameter {name!r}")
         texts.append(text)
         if parameter.kind is inspect.Parameter.POSITIONAL_ONLY and (
             index + 1 == len(parameters)
             or parameters[index + 1].kind is not inspect.Parameter.POSITIONAL_ONLY
         ):
             texts.append("/")
-    return texts
+    # *args and **kw after the keywords, as a call reads best; the binding is the same.
+    stars = [argument for argument in positional if argument.startswith("*")]
+    plain = [argument for argument in positional if not argument.startswith("*")]
+    doubles = [argument for argument in keywords if argument.startswith("**")]
+    named = [argument for argument in keywords if not argument.startswith("**")]
+    return texts, [*plain, *stars, *named, *doubles]
 
 
-def _def(
-    head: str, parameters: list[str], returns: str, indent: str, *, stub: bool = False
-) -> list[str]:
-    """A ``def`` line laid out as ruff format does: flat, hugged, or one per line."""
-    tail = f"){returns}:" + (" ..." if stub else "")
-    flat = f"{indent}{head}({', '.join(parameters)}{tail}"
+def _bracketed(head: str, items: list[str], tail: str, indent: str) -> list[str]:
+    """``head(items)tail`` laid out as ruff format does: flat, hugged, or one per line."""
+    flat = f"{indent}{head}({', '.join(items)}){tail}"
     if len(flat) <= LINE_LENGTH:
         return [flat]
-    hugged = f"{indent}{INDENT}{', '.join(parameters)}"
+    hugged = f"{indent}{INDENT}{', '.join(items)}"
     if len(hugged) <= LINE_LENGTH:
-        lines = [f"{indent}{head}(", hugged, f"{indent}{tail}"]
+        lines = [f"{indent}{head}(", hugged, f"{indent}){tail}"]
     else:
         lines = [
             f"{indent}{head}(",
-            *(f"{indent}{INDENT}{parameter}," for parameter in parameters),
-            f"{indent}{tail}",
+            *(f"{indent}{INDENT}{item}," for item in items),
+            f"{indent}){tail}",
         ]
     too_long = [line for line in lines if len(line) > LINE_LENGTH]
     if too_long:
@@ -553,177 +367,150 @@ def _member_doc(kind: Kind, member: Member) -> str:
     target = f"{kind.public_path}.{member.name}"
     if member.kind == "property":
         text = f"The caller's session's :attr:`~{target}`"
-        return text + ("; settable." if member.setter_type else ".")
+        return text + ("; settable." if member.setter else ".")
     if member.kind == "classmethod":
         return f"Call :meth:`{target}`; makes no session."
     return f"Call :meth:`{target}` on the caller's session."
 
 
-def _signatures_class(kind: Kind, members: list[Member], imports: Imports) -> list[str]:
-    indent, body = INDENT, INDENT * 2
-    lines = [
-        f"class {kind.signatures_class}:",
-        *_docstring(
-            "The typed signatures of the forwarded members; never called.",
-            indent,
-            f"They are those of :class:`{kind.public_path}`; see the module docstring.",
-        ),
-    ]
-    for member in members:
-        lines.append("")
-        doc = _docstring(_member_doc(kind, member), body)
-        if member.kind == "property":
-            getter = imports.add(member.getter_type, member.module)
-            lines += [f"{indent}@property", f"{indent}def {member.name}(self) -> {getter}:"]
-            lines += [*doc, f"{body}raise NotImplementedError"]
-            if member.setter_type is not None:
-                setter = imports.add(member.setter_type, member.module)
-                lines += ["", f"{indent}@{member.name}.setter"]
-                lines += _def(
-                    f"def {member.name}", ["self", f"value: {setter}"], " -> None", indent
-                )
-                lines.append(f"{body}raise NotImplementedError")
-            continue
-        *overloads, implementation = member.functions
-        for function in [*overloads, implementation]:
-            is_overload = function is not implementation
-            if is_overload:
-                lines.append(f"{indent}@t.overload")
-            if member.kind == "classmethod":
-                lines.append(f"{indent}@classmethod")
-            head = ("async def " if inspect.iscoroutinefunction(function) else "def ") + member.name
-            returns = _signature(function).return_annotation
-            arrow = ""
-            if returns is not inspect.Signature.empty:
-                arrow = " -> " + imports.add(_annotation_text(returns), member.module)
-            parameters = _parameters(
-                function, imports, member.module, is_classmethod=member.kind == "classmethod"
+def _member(kind: Kind, member: Member, indent: str) -> list[str]:
+    body = indent + INDENT
+    doc = _docstring(_member_doc(kind, member), body)
+    name = member.name
+    if member.kind == "property":
+        lines = [f"{indent}@property", f"{indent}def {name}(self) -> {member.getter_type}:"]
+        lines += [*doc, f"{body}return {SESSION}.{name}"]
+        if member.setter is not None:
+            value = member.setter.name
+            annotation = _annotation_text(member.setter.annotation)
+            lines += ["", f"{indent}@{name}.setter"]
+            lines += _bracketed(
+                f"def {name}", ["self", f"{value}: {annotation}"], " -> None:", indent
             )
-            lines += _def(head, parameters, arrow, indent, stub=is_overload)
-        lines += [*doc, f"{body}raise NotImplementedError"]
-    return lines
+            lines.append(f"{body}{SESSION}.{name} = {value}")
+        return lines
+    assert member.function is not None
+    parameters, arguments = _parameters(member)
+    returns = _signature(member.function).return_annotation
+    arrow = "" if returns is inspect.Signature.empty else f" -> {_annotation_text(returns)}"
+    lines = [f"{indent}@classmethod"] if member.kind == "classmethod" else []
+    lines += _bracketed(f"def {name}", parameters, f"{arrow}:", indent)
+    lines += doc
+    target = "cls._session_class()" if member.kind == "classmethod" else SESSION
+    return lines + _bracketed(f"return {target}.{name}", arguments, "", body)
 
 
-def _forwarders_class(kind: Kind, members: list[Member]) -> list[str]:
-    indent, body = INDENT * 2, INDENT * 3
+def _proxy_class(kind: Kind, members: list[Member], unforwarded: list[Unforwarded]) -> list[str]:
+    indent = INDENT * 2
     lines = [
-        f"{INDENT}class {kind.forwarders_class}:",
+        f"{INDENT}class {kind.class_name}:",
         *_docstring(
-            "The forwarders that run, each a scope read and one call.",
+            f"What SQLAlchemy's ``{kind.proxy_class}`` forwards, forwarded as it does.",
             indent,
             "A subclass provides ``_slot``, whose ``cell.session`` is the caller's session or "
             "``None``, ``_create({})``, which makes it, and the classmethod "
             f"``_session_class()``, which returns :class:`{kind.public_path}` (imported on "
-            "first use). Each member reads the session as ``Registry._current()`` does, "
-            "inline: the call would be most of a forwarder's cost.",
+            "first use).",
         ),
         "",
         f"{indent}__slots__ = ()",
     ]
-    # Registry._current(), inline: the call would be most of a forwarder's cost.
-    read = f"{body}session = self._slot.cell.session or self._create({{}})"
     for member in members:
-        name = member.name
-        lines.append("")
-        if member.kind == "property":
-            lines += [f"{indent}@property", f"{indent}def {name}(self):", read]
-            lines.append(f"{body}return session.{name}")
-            if member.setter_type is not None:
-                lines += ["", f"{indent}@{name}.setter", f"{indent}def {name}(self, value):"]
-                lines += [read, f"{body}session.{name} = value"]
-        elif member.kind == "classmethod":
-            lines += [f"{indent}@classmethod", f"{indent}def {name}(cls, /, *args, **kwargs):"]
-            lines.append(f"{body}return cls._session_class().{name}(*args, **kwargs)")
-        elif name == "__contains__":
-            lines += [f"{indent}def __contains__(self, instance):", read]
-            lines.append(f"{body}return instance in session")
-        elif name == "__iter__":
-            lines += [f"{indent}def __iter__(self):", read, f"{body}return iter(session)"]
-        elif name.startswith("__"):
-            raise GeneratorError(f"No forwarder written for the special method {name}.")
-        elif len(_signature(member.functions[-1]).parameters) == 1:
-            # Nothing to pass on but self: a plain call is the arguments as given,
-            # and much cheaper than a star call (no tuple, no dict, no slow path).
-            lines += [f"{indent}def {name}(self):", read, f"{body}return session.{name}()"]
-        else:
-            lines += [f"{indent}def {name}(self, /, *args, **kwargs):", read]
-            lines.append(f"{body}return session.{name}(*args, **kwargs)")
+        lines += ["", *_member(kind, member, indent)]
+    if unforwarded:
+        lines += [
+            "",
+            f"{indent}# The session's members that SQLAlchemy's proxy does not forward either.",
+        ]
+        for item in unforwarded:
+            lines.append(f'{indent}{item.name} = _NotForwarded("{item.hint}")')
     return lines
 
 
-_ADOPT_TWINS = """\
-    # Each forwarder shows its typed twin's signature (inspect.signature follows
-    # __wrapped__) and docstring, for help() and editors.
-    for _name, _forwarder in vars({proxy}).items():
-        _twin = vars({signatures}).get(_name)
-        if isinstance(_forwarder, property):
-            _forwarder.__doc__ = _twin.__doc__
-        elif isinstance(_forwarder, classmethod):
-            _forwarder.__func__.__wrapped__ = _twin.__func__
-            _forwarder.__func__.__doc__ = _twin.__doc__
-        elif isinstance(_forwarder, types.FunctionType):
-            _forwarder.__wrapped__ = _twin
-            _forwarder.__doc__ = _twin.__doc__
-    del _name, _forwarder, _twin
-"""
+_NOT_FORWARDED = '''\
+class _NotForwarded:
+    """A member of the session that the proxy does not forward: reading it on the
+    proxy raises an ``AttributeError`` that says to use the session (no session is
+    made), so that ``hasattr()`` is false and a typo fails at once."""
+
+    __slots__ = ("hint", "name")
+
+    def __init__(self, hint: str) -> None:
+        self.hint = hint
+        self.name = ""
+
+    def __set_name__(self, owner: type[object], name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: object, owner: type[object] | None = None) -> t.NoReturn:
+        cls = owner or type(instance)
+        proxy = cls.__name__
+        what = f"type object {{proxy!r}}" if instance is None else f"{{proxy!r}} object"
+        raise AttributeError(
+            f"{{what}} has no attribute {{self.name!r}}: {{proxy}} does not forward the"
+            f" session's {{self.name}}, like SQLAlchemy's {proxy_class}. Use it on the"
+            f" session: {{self.hint}}",
+            name=self.name,
+            obj=cls if instance is None else instance,
+        )
+'''
 
 
-def _header(kind: Kind, version: str, ruff_codes: set[str]) -> list[str]:
-    signatures, forwarders = kind.signatures_class, kind.forwarders_class
-    paragraphs = [
-        f"Generated by ``tools/generate_proxy.py`` from SQLAlchemy {version}; do not edit. "
-        "Regenerate it with ``python tools/generate_proxy.py`` after upgrading SQLAlchemy. "
-        "The annotations are SQLAlchemy's own, verbatim: hence its private names, and "
-        "``Optional`` and ``Union``, which the comments above let through.",
-        f"Why two classes: a typed signature binds the arguments and fills in the defaults, so "
-        f"it cannot also pass them on exactly as given. :class:`{signatures}` has each "
-        "member's signature and overloads, for type checkers, and at runtime for "
-        f"``inspect.signature`` and ``help()``. :class:`{forwarders}` is what runs: each method "
-        "reads the caller's session and calls it with ``*args, **kwargs`` (or with nothing, "
-        "where the session's method takes nothing), so the session, or a subclass's "
-        "override, receives the arguments as the caller wrote them. Type "
-        f"checkers see :class:`{forwarders}` as :class:`{signatures}`.",
-    ]
+def _header(kind: Kind, version: str) -> list[str]:
+    line = line_of(version)
     return [
-        "# pyright: reportPrivateUsage=false",
-        *([f"# ruff: noqa: {', '.join(sorted(ruff_codes))}"] if ruff_codes else []),
+        # The annotations are SQLAlchemy's own, verbatim, and name what it imports.
+        "# ruff: noqa: F821",
         *_docstring(
-            f"The proxy's members that forward to :class:`{kind.public_path}`.", "", *paragraphs
+            f"The proxy's members that forward to :class:`{kind.public_path}`, for "
+            f"SQLAlchemy {line[0]}.{line[1:]}.",
+            "",
+            f"Generated by ``tools/generate_proxy.py`` from SQLAlchemy {version}; do not edit. "
+            "Regenerate it with ``python tools/generate_proxy.py`` with the latest release "
+            f"of SQLAlchemy {line[0]}.{line[1:]} installed.",
+            f"Each member is written as SQLAlchemy's ``{kind.proxy_class}`` writes it: the "
+            "signature is SQLAlchemy's, with its annotations verbatim, so that "
+            "``inspect.signature`` and ``help()`` show SQLAlchemy's, and the call passes "
+            "every parameter on explicitly, defaults included. The class is for run time "
+            "only: type checkers see SQLAlchemy's own proxy class instead (see "
+            f"``{kind.chooser}``), and so type every member as the "
+            "installed SQLAlchemy does. Hence the annotations name what this module does "
+            "not import, and the overloads are left out.",
         ),
     ]
 
 
 def generate(kind_name: str) -> str:
     """The module for ``kind_name`` (``"sync"`` or ``"async"``), from the installed SQLAlchemy."""
-    import sqlalchemy
-
     kind = KINDS[kind_name]
-    version = ".".join(sqlalchemy.__version__.split(".")[:2])
+    version = installed_version()
     members = collect_members(kind)
-    imports = Imports()
-    signatures = _signatures_class(kind, members, imports)
-    forwarders = _forwarders_class(kind, members)
-    imported = imports.render()  # before the header: it notes ruff codes too
-    lines = [*_header(kind, version, imports.ruff_codes), "", "from __future__ import annotations"]
+    unforwarded = collect_unforwarded(kind, members)
+    proxy_class = _proxy_class(kind, members, unforwarded)
+    lines = [*_header(kind, version), "", "from __future__ import annotations"]
     lines += ["", "import types", "import typing as t", ""]
-    if imported:
-        lines += ["if t.TYPE_CHECKING:", *imported, ""]
-    if any("= _EMPTY_DICT" in line for line in signatures):
+    if any("= _EMPTY_DICT" in line for line in proxy_class):
         lines += [
             "# SQLAlchemy's util.EMPTY_DICT, without importing SQLAlchemy: compares equal to it.",
             "_EMPTY_DICT: t.Final[t.Mapping[str, t.Any]] = types.MappingProxyType({})",
             "",
         ]
-    lines += ["", *signatures, "", "", "if t.TYPE_CHECKING:"]
-    lines += [f"{INDENT}{kind.forwarders_class} = {kind.signatures_class}", "else:", ""]
-    lines += [*forwarders, ""]
-    text = "\n".join(lines) + "\n"
-    text += _ADOPT_TWINS.format(proxy=kind.forwarders_class, signatures=kind.signatures_class)
-    return text
+    lines += [
+        "",
+        *_NOT_FORWARDED.format(proxy_class=kind.proxy_class).rstrip("\n").split("\n"),
+        "",
+        "",
+        f"# Type checkers see the class that {kind.chooser} names instead.",
+        "if not t.TYPE_CHECKING:",
+        "",
+        *proxy_class,
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write both modules, or with ``--check`` compare them; 1 when stale, 2 on an error."""
+    """Write the installed line's modules, or with ``--check`` compare them; 1 when
+    stale, 2 on an error."""
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument(
         "--check",
@@ -731,15 +518,22 @@ def main(argv: list[str] | None = None) -> int:
         help="write nothing; exit 1 with a diff when a checked-in module differs",
     )
     arguments = parser.parse_args(argv)
+    version = installed_version()
+    line = line_of(version)
     stale = False
     for kind_name, kind in KINDS.items():
-        path = ROOT / kind.target
+        target = kind.target(line)
+        path = ROOT / target
+        current = path.read_text(encoding="utf-8") if path.exists() else ""
+        recorded = recorded_version(current)
+        if recorded is not None and release(recorded) > release(version):
+            print(f"kept {target}: generated from SQLAlchemy {recorded}, newer than {version}")
+            continue
         try:
             expected = generate(kind_name)
         except GeneratorError as error:
-            print(f"{kind.target}: {error}", file=sys.stderr)
+            print(f"{target}: {error}", file=sys.stderr)
             return 2
-        current = path.read_text(encoding="utf-8") if path.exists() else ""
         if arguments.check:
             if current != expected:
                 stale = True
@@ -747,15 +541,18 @@ def main(argv: list[str] | None = None) -> int:
                     difflib.unified_diff(
                         current.splitlines(keepends=True),
                         expected.splitlines(keepends=True),
-                        f"{kind.target} (checked in)",
-                        f"{kind.target} (generated)",
+                        f"{target} (checked in)",
+                        f"{target} (generated)",
                     )
                 )
         elif current != expected:
             path.write_text(expected, encoding="utf-8")
-            print(f"wrote {kind.target}")
+            print(f"wrote {target}")
+            chooser = (ROOT / kind.stem).with_suffix(".py").read_text(encoding="utf-8")
+            if path.stem not in chooser:
+                print(f"  add it to the choice in {kind.chooser}", file=sys.stderr)
         else:
-            print(f"unchanged {kind.target}")
+            print(f"unchanged {target}")
     return 1 if stale else 0
 
 

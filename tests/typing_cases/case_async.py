@@ -82,8 +82,8 @@ async def results(user: User) -> None:
 
     reveal_type(await theirs.merge(user))
     reveal_type(await ours.merge(user))
-    reveal_type(await theirs.merge_all([user]))
-    reveal_type(await ours.merge_all([user]))
+    reveal_type(await theirs.merge_all([user]))  # SQLAlchemy >= 2.1
+    reveal_type(await ours.merge_all([user]))  # SQLAlchemy >= 2.1
 
     # Plain methods stay plain, coroutine methods are awaited: their signatures are
     # compared, and the calls below must type-check.
@@ -184,8 +184,8 @@ def members() -> None:
     reveal_type(ours.begin_nested)
     reveal_type(theirs.bind)
     reveal_type(ours.bind)
-    reveal_type(theirs.binds)
-    reveal_type(ours.binds)
+    reveal_type(theirs.binds)  # SQLAlchemy >= 2.1
+    reveal_type(ours.binds)  # SQLAlchemy >= 2.1
     reveal_type(theirs.close)
     reveal_type(ours.close)
     reveal_type(theirs.close_all)
@@ -198,16 +198,16 @@ def members() -> None:
     reveal_type(ours.connection)
     reveal_type(theirs.delete)
     reveal_type(ours.delete)
-    reveal_type(theirs.delete_all)
-    reveal_type(ours.delete_all)
+    reveal_type(theirs.delete_all)  # SQLAlchemy >= 2.1
+    reveal_type(ours.delete_all)  # SQLAlchemy >= 2.1
     reveal_type(theirs.deleted)
     reveal_type(ours.deleted)
     reveal_type(theirs.dirty)
     reveal_type(ours.dirty)
     reveal_type(theirs.execute)
     reveal_type(ours.execute)
-    reveal_type(theirs.execution_options)
-    reveal_type(ours.execution_options)
+    reveal_type(theirs.execution_options)  # SQLAlchemy >= 2.1
+    reveal_type(ours.execution_options)  # SQLAlchemy >= 2.1
     reveal_type(theirs.expire)
     reveal_type(ours.expire)
     reveal_type(theirs.expire_all)
@@ -220,8 +220,8 @@ def members() -> None:
     reveal_type(ours.flush)
     reveal_type(theirs.get)
     reveal_type(ours.get)
-    reveal_type(theirs.get_async_bind)
-    reveal_type(ours.get_async_bind)
+    reveal_type(theirs.get_async_bind)  # SQLAlchemy >= 2.1
+    reveal_type(ours.get_async_bind)  # SQLAlchemy >= 2.1
     reveal_type(theirs.get_bind)
     reveal_type(ours.get_bind)
     reveal_type(theirs.get_one)
@@ -240,8 +240,8 @@ def members() -> None:
     reveal_type(ours.is_modified)
     reveal_type(theirs.merge)
     reveal_type(ours.merge)
-    reveal_type(theirs.merge_all)
-    reveal_type(ours.merge_all)
+    reveal_type(theirs.merge_all)  # SQLAlchemy >= 2.1
+    reveal_type(ours.merge_all)  # SQLAlchemy >= 2.1
     reveal_type(theirs.new)
     reveal_type(ours.new)
     reveal_type(theirs.no_autoflush)

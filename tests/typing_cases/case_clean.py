@@ -9,7 +9,6 @@ import typing as t
 
 import sqlalchemy as sa
 from sqlalchemy import event, orm
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from scoped_session import ScopedSession, UnitOfWork, scoped_session
@@ -52,7 +51,7 @@ def read(user_id: int) -> str | None:
     merged: User = Session.merge(same)
     names: t.Sequence[User] = Session.scalars(sa.select(User)).all()
     count: int | None = Session.scalar(sa.select(sa.func.count(User.id)))
-    row: Row[int, str] = Session.execute(sa.select(User.id, User.name)).one()
+    row = Session.execute(sa.select(User.id, User.name)).one()
     user_id_again, name = row
     text_rows = Session.execute(sa.text("select 1")).all()
     legacy: list[User] = User.query.filter_by(name=user.name).all()
@@ -123,7 +122,7 @@ async def async_use(user_id: int) -> list[str]:
     await S.flush()
     user: User | None = await S.get(User, user_id)
     users: t.Sequence[User] = (await S.scalars(sa.select(User))).all()
-    row: Row[int, str] = (await S.execute(sa.select(User.id, User.name))).one()
+    row = (await S.execute(sa.select(User.id, User.name))).one()
     names = [name async for _, name in await S.stream(sa.select(User.id, User.name))]
     async with S.begin():
         S.add(User(name="h"))

@@ -33,7 +33,8 @@ def theirs_sync(Session: orm.scoped_session[orm.Session], user: User) -> None:
     Session.exceute(sa.select(User))  # type: ignore[attr-defined]
     Session.in_transaction()  # type: ignore[attr-defined]
     Session.get_transaction()  # type: ignore[attr-defined]
-    Session.close_all()  # type: ignore[attr-defined]
+    Session.close_all()  # type: ignore[attr-defined]  # SQLAlchemy >= 2.1
+    Session.close_all(True)  # type: ignore[call-arg]  # SQLAlchemy < 2.1
     Session.stream(sa.select(User))  # type: ignore[attr-defined]
     Session.add(user, "x")  # type: ignore[arg-type, call-arg]
     Session.add()  # type: ignore[call-arg]
@@ -48,7 +49,7 @@ def theirs_sync(Session: orm.scoped_session[orm.Session], user: User) -> None:
     name: int = Session.get_one(User, 1).name  # type: ignore[assignment]
     user = Session.get(User, 1)  # type: ignore[assignment]
     _row = Session.scalars(sa.select(User)).all()[0].nme  # type: ignore[attr-defined]
-    _col = Session.execute(sa.select(User.id, User.name)).one()[2]  # type: ignore[misc]
+    _col = Session.execute(sa.select(User.id, User.name)).one()[2]  # type: ignore[misc]  # SQLAlchemy >= 2.1
     _id = Session.scalar(sa.select(User.id)).bit_length()  # type: ignore[union-attr]
     Session.execute("select 1")  # type: ignore[call-overload]
     Session.merge(user, load="no")  # type: ignore[arg-type]
@@ -70,7 +71,8 @@ def ours_sync(Session: ScopedSession[orm.Session], user: User) -> None:
     Session.exceute(sa.select(User))  # type: ignore[attr-defined]
     Session.in_transaction()  # type: ignore[attr-defined]
     Session.get_transaction()  # type: ignore[attr-defined]
-    Session.close_all()  # type: ignore[attr-defined]
+    Session.close_all()  # type: ignore[attr-defined]  # SQLAlchemy >= 2.1
+    Session.close_all(True)  # type: ignore[call-arg]  # SQLAlchemy < 2.1
     Session.stream(sa.select(User))  # type: ignore[attr-defined]
     Session.add(user, "x")  # type: ignore[arg-type, call-arg]
     Session.add()  # type: ignore[call-arg]
@@ -85,7 +87,7 @@ def ours_sync(Session: ScopedSession[orm.Session], user: User) -> None:
     name: int = Session.get_one(User, 1).name  # type: ignore[assignment]
     user = Session.get(User, 1)  # type: ignore[assignment]
     _row = Session.scalars(sa.select(User)).all()[0].nme  # type: ignore[attr-defined]
-    _col = Session.execute(sa.select(User.id, User.name)).one()[2]  # type: ignore[misc]
+    _col = Session.execute(sa.select(User.id, User.name)).one()[2]  # type: ignore[misc]  # SQLAlchemy >= 2.1
     _id = Session.scalar(sa.select(User.id)).bit_length()  # type: ignore[union-attr]
     Session.execute("select 1")  # type: ignore[call-overload]
     Session.merge(user, load="no")  # type: ignore[arg-type]
@@ -119,7 +121,7 @@ async def theirs_async(Session: async_scoped_session[AsyncSession], user: User) 
     await Session.get("User", 1)  # type: ignore[arg-type]
     await Session.get(User, 1, populate_existing="yes")  # type: ignore[arg-type]
     name: int = (await Session.get_one(User, 1)).name  # type: ignore[assignment]
-    _col = (await Session.execute(sa.select(User.id, User.name))).one()[2]  # type: ignore[misc]
+    _col = (await Session.execute(sa.select(User.id, User.name))).one()[2]  # type: ignore[misc]  # SQLAlchemy >= 2.1
     async for _row in Session.stream(sa.select(User)):  # type: ignore[attr-defined]
         pass
     Session.begin(nested=True)  # type: ignore[call-arg]
@@ -144,7 +146,7 @@ async def ours_async(Session: AsyncScopedSession[AsyncSession], user: User) -> N
     await Session.get("User", 1)  # type: ignore[arg-type]
     await Session.get(User, 1, populate_existing="yes")  # type: ignore[arg-type]
     name: int = (await Session.get_one(User, 1)).name  # type: ignore[assignment]
-    _col = (await Session.execute(sa.select(User.id, User.name))).one()[2]  # type: ignore[misc]
+    _col = (await Session.execute(sa.select(User.id, User.name))).one()[2]  # type: ignore[misc]  # SQLAlchemy >= 2.1
     async for _row in Session.stream(sa.select(User)):  # type: ignore[attr-defined]
         pass
     Session.begin(nested=True)  # type: ignore[call-arg]

@@ -83,8 +83,8 @@ def results(user: User) -> None:
     reveal_type(ours.merge(user))
     reveal_type(theirs.merge(user, load=False))
     reveal_type(ours.merge(user, load=False))
-    reveal_type(theirs.merge_all([user]))
-    reveal_type(ours.merge_all([user]))
+    reveal_type(theirs.merge_all([user]))  # SQLAlchemy >= 2.1
+    reveal_type(ours.merge_all([user]))  # SQLAlchemy >= 2.1
     reveal_type(theirs.refresh)
     reveal_type(ours.refresh)
 
@@ -144,8 +144,8 @@ def results(user: User) -> None:
     reveal_type(ours.info)
     reveal_type(theirs.bind)
     reveal_type(ours.bind)
-    reveal_type(theirs.binds)
-    reveal_type(ours.binds)
+    reveal_type(theirs.binds)  # SQLAlchemy >= 2.1
+    reveal_type(ours.binds)  # SQLAlchemy >= 2.1
     reveal_type(theirs.autoflush)
     reveal_type(ours.autoflush)
     reveal_type(theirs.no_autoflush)
@@ -162,8 +162,8 @@ def results(user: User) -> None:
     reveal_type(ours.deleted)
     reveal_type(theirs.identity_map)
     reveal_type(ours.identity_map)
-    reveal_type(theirs.execution_options)
-    reveal_type(ours.execution_options)
+    reveal_type(theirs.execution_options)  # SQLAlchemy >= 2.1
+    reveal_type(ours.execution_options)  # SQLAlchemy >= 2.1
     theirs.autoflush = False
     ours.autoflush = False
     theirs.bind = engine
@@ -246,8 +246,8 @@ def members() -> None:
     reveal_type(ours.begin_nested)
     reveal_type(theirs.bind)
     reveal_type(ours.bind)
-    reveal_type(theirs.binds)
-    reveal_type(ours.binds)
+    reveal_type(theirs.binds)  # SQLAlchemy >= 2.1
+    reveal_type(ours.binds)  # SQLAlchemy >= 2.1
     reveal_type(theirs.bulk_insert_mappings)
     reveal_type(ours.bulk_insert_mappings)
     reveal_type(theirs.bulk_save_objects)
@@ -256,6 +256,8 @@ def members() -> None:
     reveal_type(ours.bulk_update_mappings)
     reveal_type(theirs.close)
     reveal_type(ours.close)
+    reveal_type(theirs.close_all)  # SQLAlchemy < 2.1
+    reveal_type(ours.close_all)  # SQLAlchemy < 2.1
     reveal_type(theirs.commit)
     reveal_type(ours.commit)
     reveal_type(theirs.configure)
@@ -264,16 +266,16 @@ def members() -> None:
     reveal_type(ours.connection)
     reveal_type(theirs.delete)
     reveal_type(ours.delete)
-    reveal_type(theirs.delete_all)
-    reveal_type(ours.delete_all)
+    reveal_type(theirs.delete_all)  # SQLAlchemy >= 2.1
+    reveal_type(ours.delete_all)  # SQLAlchemy >= 2.1
     reveal_type(theirs.deleted)
     reveal_type(ours.deleted)
     reveal_type(theirs.dirty)
     reveal_type(ours.dirty)
     reveal_type(theirs.execute)
     reveal_type(ours.execute)
-    reveal_type(theirs.execution_options)
-    reveal_type(ours.execution_options)
+    reveal_type(theirs.execution_options)  # SQLAlchemy >= 2.1
+    reveal_type(ours.execution_options)  # SQLAlchemy >= 2.1
     reveal_type(theirs.expire)
     reveal_type(ours.expire)
     reveal_type(theirs.expire_all)
@@ -302,8 +304,8 @@ def members() -> None:
     reveal_type(ours.is_modified)
     reveal_type(theirs.merge)
     reveal_type(ours.merge)
-    reveal_type(theirs.merge_all)
-    reveal_type(ours.merge_all)
+    reveal_type(theirs.merge_all)  # SQLAlchemy >= 2.1
+    reveal_type(ours.merge_all)  # SQLAlchemy >= 2.1
     reveal_type(theirs.new)
     reveal_type(ours.new)
     reveal_type(theirs.no_autoflush)
@@ -326,6 +328,8 @@ def members() -> None:
     reveal_type(ours.scalar)
     reveal_type(theirs.scalars)
     reveal_type(ours.scalars)
+    reveal_type(Theirs.close_all)  # SQLAlchemy < 2.1
+    reveal_type(Ours.close_all)  # SQLAlchemy < 2.1
     reveal_type(Theirs.identity_key)
     reveal_type(Ours.identity_key)
     reveal_type(Theirs.object_session)
