@@ -82,7 +82,7 @@ class AsyncTestTransaction:
             self.outer = await connection.begin()
             await connection.run_sync(make_transaction_real)
             joined = [
-                JoinedFactory(factory, joined_kwargs(factory, connection, self.engine))
+                JoinedFactory(factory, _always(joined_kwargs(factory, connection, self.engine)))
                 for factory in factories
             ]
             if self.sync is not None:
@@ -143,6 +143,11 @@ class AsyncTestTransaction:
         if was_ended:
             ended_early("scoped_session_async_transaction")
         return leaks
+
+
+def _always(overrides: dict[str, t.Any]) -> t.Callable[[dict[str, t.Any]], dict[str, t.Any]]:
+    """Every async session joins the one test connection, whatever it names."""
+    return lambda made: overrides
 
 
 async def close_all_async(registries: list[AsyncScopedSession[t.Any]]) -> None:

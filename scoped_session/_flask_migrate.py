@@ -17,11 +17,12 @@ implementation.
         return app
 
 Flask-Migrate's ``env.py`` reads ``current_app.extensions["migrate"].db`` and calls
-``get_engine()`` (or reads ``engine``) and ``metadata`` on it, after asking
-``hasattr(db, "metadatas")``. A FlaskScopedSession cannot be passed itself: it
-forwards names it lacks to the current session, so that probe would make a session,
-and it has no metadata to give. This small object answers those names and nothing
-else; Flask-Migrate itself is not imported.
+``get_engine()`` (or reads ``engine``) and ``metadatas[None]`` (or ``metadata``) on
+it. Its multi-database template (``flask db init --multidb``) also calls
+``bind_names()``, then ``get_engine(bind=name)`` and ``metadatas[name]`` for each
+bind of the app. A FlaskScopedSession cannot be passed itself: it has no metadata to
+give. This small object answers those names and nothing else; Flask-Migrate itself
+is not imported.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from __future__ import annotations
 import typing as t
 
 from ._arguments import sqlalchemy_module
+from ._exceptions import ScopedSessionError
+from ._flask_scope import bind_metadata, bind_name, describe_key
 
 if t.TYPE_CHECKING:
     from sqlalchemy import Engine, MetaData
@@ -48,6 +51,11 @@ class MigrateTarget:
     database. The app needs an engine of its own, given with
     ``Session.init_app(app, bind=engine)`` or the ``SCOPED_SESSION_DATABASE_URI``
     config key.
+
+    An app with ``binds`` (``init_app(app, binds={AuthBase: engine})``) is
+    migrated by Flask-Migrate's multi-database template, ``flask db init
+    --multidb``: each bind is a database of its own, named by its base's metadata
+    (``MetaData(info={"bind_key": "auth"})``), with that metadata's tables.
 
     :param session: the FlaskScopedSession registered on the apps.
     :param metadata: the models' ``MetaData``, usually ``Base.metadata``.
@@ -80,11 +88,46 @@ class MigrateTarget:
         """The metadata that ``flask db migrate`` compares the database with."""
         return self._metadata
 
-    def get_engine(self) -> Engine:
-        """The current app's engine, which ``flask db ...`` migrates; made by
+    @property
+    def metadatas(self) -> dict[str | None, MetaData]:
+        """The metadata of each database of the current app, by bind name: the
+        default one under None, as Flask-SQLAlchemy 3 gives them."""
+        found: dict[str | None, MetaData] = {None: self._metadata}
+        for key in self._session.get_binds():
+            name, metadata = bind_name(key), bind_metadata(key)
+            if name is not None and metadata is not None:
+                found[name] = metadata
+        return found
+
+    def bind_names(self) -> list[str]:
+        """The names of the current app's binds, which the multi-database
+        template migrates besides the default database."""
+        names: list[str] = []
+        for key in self._session.get_binds():
+            name, metadata = bind_name(key), bind_metadata(key)
+            if name is None or metadata is None or metadata is self._metadata:
+                raise ScopedSessionError(
+                    f"Flask-Migrate migrates each bind as a database of its own, named"
+                    f" by its metadata; the bind {describe_key(key)} has"
+                    f" {'no name' if metadata is not self._metadata else 'the default metadata'}."
+                    " Key it by a declarative base with a MetaData of its own that names"
+                    " it: class AuthBase(DeclarativeBase): metadata ="
+                    " MetaData(info={'bind_key': 'auth'})."
+                )
+            if name in names:
+                raise ScopedSessionError(
+                    f"Two binds of the app are named {name!r}: give each base's metadata"
+                    " a name of its own (info={'bind_key': ...})."
+                )
+            names.append(name)
+        return names
+
+    def get_engine(self, bind: str | None = None) -> Engine:
+        """The current app's engine, which ``flask db ...`` migrates, or that of
+        its bind named ``bind``; made by
         :meth:`FlaskScopedSession.get_engine`, so no session is made and no
         connection is opened."""
-        return self._session.get_engine()
+        return self._session.get_engine(bind_key=bind)
 
     @property
     def engine(self) -> Engine:

@@ -1,6 +1,6 @@
 """The Flask extension's scope: a cell per application context, and what it keeps
-per app (whether requests commit, the app's engine). ``scoped_session.flask`` is
-the public module; this one is its implementation."""
+per app (whether requests commit, the app's engine and its binds).
+``scoped_session.flask`` is the public module; this one is its implementation."""
 
 from __future__ import annotations
 
@@ -20,9 +20,15 @@ from ._exceptions import NoScopeError, ScopedSessionError
 from ._scopes import Scope
 
 if t.TYPE_CHECKING:
-    from sqlalchemy import Connection, Engine
+    from sqlalchemy import Connection, Engine, MetaData, TableClause
+
+    #: What a bind is keyed by, as in SQLAlchemy's ``Session(binds=...)``: a class
+    #: (a declarative base, or a mapped class) or a table.
+    BindKey: t.TypeAlias = type[t.Any] | TableClause
+    Binds: t.TypeAlias = dict[BindKey, Engine | Connection]
 
 __all__ = [
+    "BINDS_KEY",
     "COMMIT_KEY",
     "DATABASE_URI_KEY",
     "ENGINE_OPTIONS_KEY",
@@ -30,10 +36,16 @@ __all__ = [
     "AppContextScope",
     "AppState",
     "app_context",
+    "bind_metadata",
+    "bind_name",
+    "bound_engine",
     "check_app",
     "check_bind",
+    "check_binds",
+    "configured_binds",
     "configured_engine",
     "current_context",
+    "describe_key",
 ]
 
 
@@ -48,6 +60,8 @@ COMMIT_KEY = "SCOPED_SESSION_COMMIT"
 #: The app config keys that make an app's engine when init_app() gets no ``bind``.
 DATABASE_URI_KEY = "SCOPED_SESSION_DATABASE_URI"
 ENGINE_OPTIONS_KEY = "SCOPED_SESSION_ENGINE_OPTIONS"
+#: The app config key that makes the app's binds when init_app() gets no ``binds``.
+BINDS_KEY = "SCOPED_SESSION_BINDS"
 
 # The body of a streamed response runs after the request's context was popped,
 # unless stream_with_context keeps it: the usual way to get here in a request.
@@ -61,16 +75,28 @@ NO_CONTEXT = (
 
 class AppState:
     """What a FlaskScopedSession keeps per app in ``app.extensions``: whether its
-    requests commit, the app's engine (or connection), if it has one, and what
-    runs when one of its contexts gets its first cell."""
+    requests commit, the app's engine (or connection) and binds, if it has them,
+    and what runs when one of its contexts gets its first cell."""
 
-    __slots__ = ("bind", "commit", "factory_kwargs", "started", "where")
+    __slots__ = ("bind", "binds", "commit", "factory_kwargs", "started", "where")
 
-    def __init__(self, commit: bool, bind: Engine | Connection | None, where: str) -> None:
+    def __init__(
+        self,
+        commit: bool,
+        bind: Engine | Connection | None,
+        where: str,
+        binds: Binds | None = None,
+    ) -> None:
         self.commit = commit
         self.bind = bind
+        self.binds: Binds = binds or {}
+        kwargs: dict[str, t.Any] = {}
+        if bind is not None:
+            kwargs["bind"] = bind
+        if binds:
+            kwargs["binds"] = binds
         #: What the app's sessions are made with (see AppContextScope.admit).
-        self.factory_kwargs: dict[str, t.Any] | None = None if bind is None else {"bind": bind}
+        self.factory_kwargs: dict[str, t.Any] | None = kwargs or None
         #: Called with a context of the app when it gets its first cell (the
         #: extension watches that request's response), or None.
         self.started: t.Callable[[AppContext], None] | None = None
@@ -88,16 +114,103 @@ def check_app(app: object, call: str) -> Flask:
     return app
 
 
-def check_bind(bind: object) -> Engine | Connection:
+def check_bind(bind: object, what: str = "bind=engine") -> Engine | Connection:
     """``bind`` if it is a SQLAlchemy Engine or Connection, else a TypeError."""
     # Without sqlalchemy.engine imported, nothing can be one of its engines.
     engine = sys.modules.get("sqlalchemy.engine")
     if engine is not None and isinstance(bind, engine.Engine | engine.Connection):
         return t.cast("Engine | Connection", bind)
+    key = BINDS_KEY if what.startswith("binds") else DATABASE_URI_KEY
     raise TypeError(
-        "init_app() takes bind=engine, a SQLAlchemy Engine (or Connection) such as"
+        f"init_app() takes {what}, a SQLAlchemy Engine (or Connection) such as"
         f" sqlalchemy.create_engine(url); got an object of type {type(bind).__name__}."
-        f" To bind the app by URL, set app.config[{DATABASE_URI_KEY!r}] and leave bind out."
+        f" To bind the app by URL, set app.config[{key!r}] and leave it out."
+    )
+
+
+def check_binds(binds: object) -> Binds:
+    """``binds`` as a dict if it maps bind keys to engines (or connections), else
+    a TypeError that says what to pass."""
+    if not isinstance(binds, t.Mapping):
+        raise TypeError(
+            "init_app() takes binds={Base: engine}, a dict that maps the declarative"
+            " base of the models of each other database to its SQLAlchemy Engine; got"
+            f" an object of type {type(binds).__name__}."
+        )
+    checked: Binds = {}
+    for key, bind in binds.items():
+        key = check_bind_key(key, "init_app(binds=...)")
+        checked[key] = check_bind(bind, f"binds={{{describe_key(key)}: engine}}")
+    return checked
+
+
+def check_bind_key(key: object, where: str) -> BindKey:
+    """``key`` if SQLAlchemy's ``Session(binds=...)`` takes it: a class or a table."""
+    sa = sqlalchemy_module("sqlalchemy", where)
+    if isinstance(key, type | sa.TableClause):
+        return t.cast("BindKey", key)
+    if isinstance(key, str):
+        raise TypeError(
+            f"{where} keys each database by what SQLAlchemy's Session(binds=...) takes:"
+            " the declarative base of the models that live there (or a mapped class,"
+            f" or a Table), such as {{AuthBase: ...}}; got the string {key!r}. A bind"
+            " gets its name (for Flask-Migrate and get_engine(app, name)) from its"
+            " base's metadata: class AuthBase(DeclarativeBase): metadata ="
+            f" MetaData(info={{'bind_key': {key!r}}})."
+        )
+    raise TypeError(
+        f"{where} keys each database by the declarative base of the models that live"
+        " there (or a mapped class, or a Table), such as {AuthBase: ...}; got a key of"
+        f" type {type(key).__name__}."
+    )
+
+
+def describe_key(key: object) -> str:
+    """Names a bind key in messages (never its engine: a URL can hold a password)."""
+    if isinstance(key, type):
+        return key.__name__
+    name = getattr(key, "name", None)
+    return f"Table {name!r}" if isinstance(name, str) else type(key).__name__
+
+
+def bind_metadata(key: BindKey) -> MetaData | None:
+    """The MetaData of the tables a bind key stands for, if it has one."""
+    sa = sqlalchemy_module("sqlalchemy", "binds")
+    metadata = getattr(key, "metadata", None)
+    return metadata if isinstance(metadata, sa.MetaData) else None
+
+
+def bind_name(key: BindKey) -> str | None:
+    """A bind's name: ``info["bind_key"]`` of its metadata, as Flask-SQLAlchemy 3
+    marks the metadata of each of its binds."""
+    metadata = bind_metadata(key)
+    name = None if metadata is None else metadata.info.get("bind_key")
+    return name if isinstance(name, str) else None
+
+
+def bound_engine(binds: Binds, key: object, app: Flask) -> Engine:
+    """The engine of ``app``'s bind ``key``: a key of its binds, a class whose base
+    is one (as SQLAlchemy looks a mapped class up), or a bind's name."""
+    if isinstance(key, str):
+        found = [bind for each, bind in binds.items() if bind_name(each) == key]
+        if len(found) == 1:
+            return found[0].engine
+    elif isinstance(key, type):
+        for cls in key.__mro__:
+            if cls in binds:
+                return binds[cls].engine
+    elif key in binds:
+        return binds[t.cast("BindKey", key)].engine
+    names = ", ".join(
+        describe_key(each) + (f" ({bind_name(each)!r})" if bind_name(each) else "")
+        for each in binds
+    )
+    name = repr(key) if isinstance(key, str) else describe_key(key)
+    raise ScopedSessionError(
+        f"The app {app.name!r} has no bind {name} of this FlaskScopedSession; its binds:"
+        f" {names or 'none'}. Give it one with Session.init_app(app, binds={{Base: engine}})"
+        f" or app.config[{BINDS_KEY!r}] = {{Base: url}}, where Base is the declarative base"
+        " of the models of that database (its name is its metadata's info['bind_key'])."
     )
 
 
@@ -114,6 +227,14 @@ def configured_engine(app: Flask) -> Engine | None:
             f"app.config[{DATABASE_URI_KEY!r}] must be a database URL, a string such as"
             f" 'sqlite:///app.db'; got an object of type {type(url).__name__}."
         )
+    engine: Engine = sa.create_engine(url, **engine_options(app))
+    # The finalizer holds the engine, never the app.
+    weakref.finalize(app, dispose, engine, os.getpid())
+    return engine
+
+
+def engine_options(app: Flask) -> dict[str, t.Any]:
+    """The keyword arguments for ``create_engine()`` in ``app``'s config."""
     options = app.config.get(ENGINE_OPTIONS_KEY, {})
     if not isinstance(options, t.Mapping):
         raise TypeError(
@@ -121,10 +242,53 @@ def configured_engine(app: Flask) -> Engine | None:
             " sqlalchemy.create_engine(), such as {'pool_size': 10}; got an object of"
             f" type {type(options).__name__}."
         )
-    engine: Engine = sa.create_engine(url, **options)
-    # The finalizer holds the engine, never the app.
-    weakref.finalize(app, dispose, engine, os.getpid())
-    return engine
+    return dict(options)
+
+
+def configured_binds(app: Flask) -> Binds | None:
+    """The engines of ``app``'s ``SCOPED_SESSION_BINDS`` config key (each made with
+    the ``SCOPED_SESSION_ENGINE_OPTIONS``, and the options of its own), disposed
+    when the app is collected; None when the key is not set."""
+    config = app.config.get(BINDS_KEY)
+    if config is None:
+        return None
+    where = f"app.config[{BINDS_KEY!r}]"
+    if not isinstance(config, t.Mapping):
+        raise TypeError(
+            f"{where} must be a dict that maps the declarative base of the models of each"
+            " other database to its URL, such as {AuthBase: 'sqlite:///auth.db'}; got an"
+            f" object of type {type(config).__name__}."
+        )
+    sa = sqlalchemy_module("sqlalchemy", f"the config key {BINDS_KEY}")
+    defaults = engine_options(app)
+    wanted: list[tuple[BindKey, t.Any, dict[str, t.Any]]] = []
+    # Everything is checked before any engine is made; no URL is ever in a message.
+    for key, value in config.items():
+        key = check_bind_key(key, where)
+        options = dict(defaults)
+        url = value
+        if isinstance(value, t.Mapping):
+            options.update(value)
+            url = options.pop("url", None)
+        if not isinstance(url, str | sa.URL):
+            raise TypeError(
+                f"{where}[{describe_key(key)}] must be a database URL, a string such as"
+                " 'sqlite:///auth.db', or a dict of keyword arguments for"
+                " sqlalchemy.create_engine() with the URL under 'url'; got an object of"
+                f" type {type(value).__name__}."
+            )
+        wanted.append((key, url, options))
+    made: list[Engine] = []
+    try:
+        for _, url, options in wanted:
+            made.append(sa.create_engine(url, **options))
+    except BaseException:
+        for engine in made:
+            engine.dispose()
+        raise
+    for engine in made:
+        weakref.finalize(app, dispose, engine, os.getpid())
+    return {key: engine for (key, _, _), engine in zip(wanted, made, strict=True)}
 
 
 def dispose(engine: Engine, pid: int) -> None:

@@ -1,9 +1,12 @@
-"""Which engine the pytest plugin's test transactions run on: the registries the
-``scoped_sessions`` fixture returned, and the one engine their factories are bound to
+"""Which engines the pytest plugin's test transactions run on: the registries the
+``scoped_sessions`` fixture returned, and the engine their factories are bound to
 (or the one a ``scoped_session_engine`` / ``scoped_session_async_engine`` fixture
 returns). Sync and async differ only in the names of things (:class:`Side`).
-``scoped_session.pytest_plugin`` is the public module; this one is its
-implementation."""
+
+Sync sessions may also name engines of their own (a Flask app's, binds): each
+engine gets a test transaction of its own (``_test_transaction``), so the sync
+default engine is optional. ``scoped_session.pytest_plugin`` is the public module;
+this one is its implementation."""
 
 from __future__ import annotations
 
@@ -19,16 +22,24 @@ from .asyncio import AsyncScopedSession
 __all__ = [
     "ASYNC",
     "ASYNC_FIXTURE",
+    "DEFAULT_ENGINE",
     "SYNC",
     "AnyScopedSession",
+    "NoDefaultEngine",
     "Side",
     "bound_engine",
     "checked_engine",
+    "default_engine",
     "registries_of",
+    "sync_engine",
 ]
 
 AnyScopedSession = ScopedSession[t.Any] | AsyncScopedSession[t.Any]
 ASYNC_FIXTURE = "scoped_session_async_transaction"
+ENGINE_FIXTURE = "scoped_session_engine"
+#: The engine the plugin's own scoped_session_engine fixture gave the running test:
+#: an engine fixture that gave another is the user's, and an explicit choice.
+DEFAULT_ENGINE = pytest.StashKey[object]()
 
 
 def registries_of(value: object) -> tuple[list[AnyScopedSession], list[int]]:
@@ -152,3 +163,69 @@ def checked_engine(side: Side, value: object) -> t.Any:
             pytrace=False,
         )
     return value
+
+
+class NoDefaultEngine(pytest.fail.Exception):  # type: ignore[misc,name-defined]
+    """The sync registries are not bound to one engine, so ``scoped_session_engine``
+    has no default. ``unbound``: a registry that is not a FlaskScopedSession (whose
+    apps give engines) has no engine at all, which no test transaction can serve."""
+
+    def __init__(self, message: str, *, unbound: bool) -> None:
+        super().__init__(message, pytrace=False)
+        self.unbound = unbound
+
+
+def default_engine(registries: list[AnyScopedSession], indexes: list[int]) -> t.Any:
+    """The one engine the sync registries' sessionmakers are bound to, the
+    default ``scoped_session_engine``; or :class:`NoDefaultEngine`."""
+    engine_class = SYNC.engine_class()
+    define = (
+        f"Define a fixture named '{ENGINE_FIXTURE}' in your conftest.py that returns the"
+        " Engine to test against."
+    )
+    engines: dict[int, t.Any] = {}
+    for index, scoped in zip(indexes, registries, strict=True):
+        if not isinstance(scoped, ScopedSession):
+            continue
+        bind = sessionmaker_of(scoped, index).kw.get("bind")
+        if isinstance(bind, engine_class):
+            engines.setdefault(id(bind), bind)
+        elif scoped.scope_kind != "flask":
+            raise NoDefaultEngine(
+                f"scoped_sessions[{index}] {scoped!r} has a sessionmaker that is not bound"
+                " to an engine, so the test transaction does not know which database to"
+                f" use. {define}",
+                unbound=True,
+            )
+    if len(engines) == 1:
+        return next(iter(engines.values()))
+    if engines:
+        why = (
+            "The ScopedSessions are bound to different engines: the plugin begins a test"
+            " transaction on each engine a test uses, and there is no one"
+        )
+    else:
+        why = (
+            "The FlaskScopedSessions' sessionmakers are bound to no engine (their apps'"
+            " engines are used, each in a test transaction of its own), so there is no"
+        )
+    raise NoDefaultEngine(f"{why} default {ENGINE_FIXTURE}. {define}", unbound=False)
+
+
+def sync_engine(
+    request: pytest.FixtureRequest, registries: list[AnyScopedSession], indexes: list[int]
+) -> tuple[t.Any, bool]:
+    """The engine of the sync test transaction's sessions that name none, or None;
+    and whether the user chose it (a ``scoped_session_engine`` fixture of their own).
+
+    Without a default, sessions use the engines they name (their app's, their
+    sessionmaker's), each in a test transaction of its own.
+    """
+    try:
+        value = request.getfixturevalue(ENGINE_FIXTURE)
+    except NoDefaultEngine as exc:
+        if exc.unbound:
+            raise
+        return None, False
+    engine = checked_engine(SYNC, value)
+    return engine, request.node.stash.get(DEFAULT_ENGINE, None) is not engine

@@ -1,12 +1,16 @@
-"""The pytest plugin's test transaction: a connection in a transaction, and the
-registries whose sessions join it through savepoints (see ``pytest_plugin``)."""
+"""The pytest plugin's test transaction: a connection in a transaction per engine
+the test uses, and the registries whose sessions join them through savepoints (see
+``pytest_plugin``)."""
 
 from __future__ import annotations
 
+import functools
+import threading
 import typing as t
 
 import pytest
 
+from ._exceptions import ScopedSessionError
 from ._proxy import ScopedSession
 from ._registry import Registry
 
@@ -96,46 +100,79 @@ class Leaks(t.NamedTuple):
 
 class JoinedFactory:
     """A ScopedSession's session factory while a test transaction runs: the
-    user's sessionmaker, with every session bound to the test connection.
+    user's sessionmaker, with every session bound to test connections.
 
     The sessions are of the sessionmaker's own class, so its events still fire.
     ``configure()`` applies for the rest of the test only.
+
+    :param join: given what a session is to be made with, what it is made with
+        instead: its binds as test connections (see :meth:`TestTransaction.join`).
     """
 
     def __init__(
         self,
         factory: sessionmaker[t.Any] | async_sessionmaker[t.Any],
-        overrides: dict[str, t.Any],
+        join: t.Callable[[dict[str, t.Any]], dict[str, t.Any]],
     ) -> None:
         self.factory = factory
         #: The sessionmaker's session class: session events listened to on the
         #: registry during the test reach it, as outside tests.
         self.class_ = factory.class_
-        self.overrides = overrides
+        self.join = join
         self.configured: dict[str, t.Any] = {}
 
     def __call__(self, **kw: t.Any) -> t.Any:
-        return self.factory(**{**self.configured, **kw, **self.overrides})
+        made = {**self.configured, **kw}
+        return self.factory(**{**made, **self.join(made)})
 
     def configure(self, **kw: t.Any) -> None:
         """Reconfigure the sessions made during this test (not after it)."""
         self.configured.update(kw)
 
 
+class _Joined(t.NamedTuple):
+    """One engine's part of the test transaction."""
+
+    connection: sa.Connection
+    outer: sa.RootTransaction
+    #: The engine's pool checkouts before the test took its connection.
+    checked_out: int
+
+
 class TestTransaction:
-    """A connection in a transaction, and registries whose sessions join it."""
+    """Registries whose sessions join test transactions: a connection in a
+    transaction per engine they use, begun when a session first uses it.
+
+    :param engine: the engine of the sessions that name none (and of those that
+        name their sessionmaker's engine), begun at once; None: each session
+        uses the engines it names.
+    :param explicit: ``engine`` is the user's choice (their own
+        ``scoped_session_engine``): a session made with another engine as its
+        ``bind`` is an error, not moved to it.
+    """
 
     def __init__(
         self,
-        engine: sa.Engine,
+        engine: sa.Engine | None,
         registries: list[ScopedSession[t.Any]],
         indexes: list[int] | None = None,
+        *,
+        explicit: bool = False,
     ) -> None:
         self.engine = engine
+        self.explicit = explicit
         self.registries = registries
         #: Each registry's index in the ``scoped_sessions`` fixture (messages).
         self.indexes = list(range(len(registries))) if indexes is None else indexes
         self.originals: list[tuple[ScopedSession[t.Any], t.Callable[..., t.Any]]] = []
+        #: The value of the fixture: the connection on ``engine``, if given.
+        self.connection: sa.Connection | None = None
+        self.joined: dict[sa.Engine, _Joined] = {}
+        #: Sessions are made on any thread: one at a time begins an engine's part.
+        self.lock = threading.Lock()
+        #: What went wrong making sessions: the test fails with it at its end
+        #: also when the code under test swallowed it (a request's 500).
+        self.refused: list[str] = []
 
     def begin(self) -> None:
         factories = [
@@ -145,26 +182,71 @@ class TestTransaction:
         # Sessions that exist already were made outside the transaction: what they
         # wrote would be committed for real.
         close_all(self.registries)
-        self.checked_out = checked_out(self.engine)
-        self.connection = connection = self.engine.connect()
-        try:
-            self.outer = connection.begin()
-            make_transaction_real(connection)
-            joined = [
-                JoinedFactory(factory, joined_kwargs(factory, connection, self.engine))
-                for factory in factories
-            ]
-        except BaseException:
-            connection.close()
-            raise
-        for scoped, factory in zip(self.registries, joined, strict=True):
+        if self.engine is not None:
+            self.connection = self.connection_for(self.engine)
+        for scoped, index, factory in zip(self.registries, self.indexes, factories, strict=True):
             self.originals.append((scoped, scoped.session_factory))
-            scoped.session_factory = factory
+            scoped.session_factory = JoinedFactory(
+                factory, functools.partial(self.join, factory, index)
+            )
+
+    def connection_for(self, engine: sa.Engine) -> sa.Connection:
+        """The test connection on ``engine``, begun on first use."""
+        with self.lock:
+            joined = self.joined.get(engine)
+            if joined is None:
+                before = checked_out(engine)
+                connection = engine.connect()
+                try:
+                    outer = connection.begin()
+                    make_transaction_real(connection)
+                except BaseException:
+                    connection.close()
+                    raise
+                joined = self.joined[engine] = _Joined(connection, outer, before)
+            return joined.connection
+
+    def join(
+        self, factory: sessionmaker[t.Any], index: int, made: dict[str, t.Any]
+    ) -> dict[str, t.Any]:
+        """What a session of ``factory`` that was to be made with ``made`` is made
+        with: each engine it would use (its ``bind``, the values of its
+        ``binds``) replaced with that engine's test connection, joined through
+        savepoints. ``engine`` stands in for the sessionmaker's own engine."""
+        import sqlalchemy as sa
+
+        own = factory.kw.get("bind")
+        bind = made.get("bind")
+        if bind is None or bind is own:
+            bind = own if self.engine is None else self.engine
+        elif self.explicit and isinstance(bind, sa.Engine) and bind is not self.engine:
+            self.refuse(CONFLICT.format(index=index))
+        joined: dict[str, t.Any] = {}
+        if isinstance(bind, sa.Engine):
+            joined["bind"] = self.connection_for(bind)
+        binds = made.get("binds", factory.kw.get("binds"))
+        if binds:
+            joined["binds"] = replaced = {}
+            for key, target in binds.items():
+                if self.explicit and target is own:
+                    target = self.engine
+                replaced[key] = (
+                    self.connection_for(target) if isinstance(target, sa.Engine) else target
+                )
+        if bind is None and not binds:
+            self.refuse(NO_ENGINE.format(index=index))
+        if joined:
+            joined["join_transaction_mode"] = "create_savepoint"
+        return joined
+
+    def refuse(self, message: str) -> t.NoReturn:
+        self.refused.append(message)
+        raise ScopedSessionError(message)
 
     def end(self) -> Leaks:
-        """Close every session, restore the factories, roll back, close the
-        connection. Every step runs even when one fails; the first failure is
-        raised."""
+        """Close every session, restore the factories, roll back and close each
+        engine's connection. Every step runs even when one fails; the first
+        failure is raised."""
         errors: list[BaseException] = []
         open_sessions: list[tuple[int, Registry[t.Any], int]] = []
         for index, scoped in zip(self.indexes, self.registries, strict=True):
@@ -177,19 +259,46 @@ class TestTransaction:
                     open_sessions.append((index, scoped, count))
         for scoped, factory in self.originals:
             scoped.session_factory = factory
-        was_ended = not self.outer.is_active
-        try:
-            if self.outer.is_active:
-                self.outer.rollback()
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            self.connection.close()
+        with self.lock:
+            joined, self.joined = self.joined, {}
+        was_ended = False
+        connections = 0
+        for engine, (connection, outer, before) in joined.items():
+            try:
+                if outer.is_active:
+                    outer.rollback()
+                else:
+                    was_ended = True
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                connection.close()
+            connections += checked_out(engine) - before
         if errors:
             raise errors[0]
+        if self.refused:
+            pytest.fail("\n".join(dict.fromkeys(self.refused)), pytrace=False)
         if was_ended:
             ended_early("scoped_session_transaction")
-        return Leaks(open_sessions, checked_out(self.engine) - self.checked_out)
+        return Leaks(open_sessions, connections)
+
+
+CONFLICT = (
+    "scoped_session: a session of scoped_sessions[{index}] is to be made with bind= an"
+    " engine of its own (its app's, from init_app(app, bind=...) or"
+    " SCOPED_SESSION_DATABASE_URI, or a Session(bind=...)), and the scoped_session_engine"
+    " fixture returns another engine; the test transaction does not move a session to"
+    " another database. Leave the scoped_session_engine fixture out: the plugin then"
+    " begins a test transaction on each engine the test uses. Or give the app the test's"
+    " engine: Session.init_app(app, bind=engine)."
+)
+NO_ENGINE = (
+    "scoped_session: a session of scoped_sessions[{index}] is to be made without an"
+    " engine: its app has none (Session.init_app(app, bind=engine), or"
+    " SCOPED_SESSION_DATABASE_URI in its config), its sessionmaker is bound to none, and"
+    " no scoped_session_engine fixture names one. Give the app its engine, or define a"
+    " fixture named 'scoped_session_engine' that returns the Engine to test against."
+)
 
 
 def make_transaction_real(connection: sa.Connection) -> None:

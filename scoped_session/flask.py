@@ -51,6 +51,16 @@ Each session made in a context of an app is then made with ``bind=`` that app's
 engine, which ``Session.get_engine(app)`` (or ``Session.engine`` inside a context)
 returns, for ``create_all()`` and tests.
 
+Several databases in one app: ``binds`` maps the declarative base of the models of
+each other database to its engine, as SQLAlchemy's ``Session(binds=...)`` does::
+
+    Session.init_app(app, bind=engine, binds={AuthBase: auth_engine})
+    # or: app.config["SCOPED_SESSION_BINDS"] = {AuthBase: "sqlite:///auth.db"}
+
+``Session.get_engine(app, AuthBase)`` returns that engine, as does the bind's name,
+``Session.get_engine(app, "auth")``, when ``AuthBase.metadata.info["bind_key"]`` is
+``"auth"`` (which Flask-Migrate's multi-database template needs).
+
 The scope is the application context object itself: each context carries its own
 cell, so nothing keyed by ``id()`` can be handed to a later context.
 """
@@ -82,8 +92,11 @@ from ._flask_scope import (
     AppContextScope,
     AppState,
     app_context,
+    bound_engine,
     check_app,
     check_bind,
+    check_binds,
+    configured_binds,
     configured_engine,
     current_context,
 )
@@ -91,7 +104,9 @@ from ._proxy import ScopedSession
 from ._registry import Closeable
 
 if t.TYPE_CHECKING:
-    from sqlalchemy import Connection, Engine
+    from sqlalchemy import Connection, Engine, TableClause
+
+    from ._flask_scope import BindKey
 
 __all__ = [
     "FlaskScopedSession",
@@ -183,7 +198,13 @@ class FlaskScopedSession(ScopedSession[S]):
         if app is not None:
             self.init_app(app)
 
-    def init_app(self, app: Flask, *, bind: Engine | Connection | None = None) -> None:
+    def init_app(
+        self,
+        app: Flask,
+        *,
+        bind: Engine | Connection | None = None,
+        binds: t.Mapping[type[t.Any] | TableClause, Engine | Connection] | None = None,
+    ) -> None:
         """Register on ``app``: its application contexts get sessions, and each
         is closed when its context (or streamed response) is over.
 
@@ -198,10 +219,20 @@ class FlaskScopedSession(ScopedSession[S]):
             keyword arguments in ``SCOPED_SESSION_ENGINE_OPTIONS``; that engine
             is disposed when the app is garbage-collected. Neither: sessions are
             made as the session factory makes them.
+        :param binds: the app's other databases, as SQLAlchemy's
+            ``Session(binds=...)`` takes them: the declarative base of each
+            database's models (or a mapped class, or a ``Table``) mapped to its
+            engine, ``{AuthBase: auth_engine}``. Each session of the app is made
+            with ``binds=`` them (instead of the factory's own), and queries and
+            flushes of those models go to their engine; the rest to ``bind``.
+            Without it, the ``SCOPED_SESSION_BINDS`` config key, if set, maps
+            each base to a URL (or a dict of ``create_engine()`` options with the
+            URL under ``"url"``) and makes the engines, disposed with the app.
         """
         check_app(app, "init_app()")
         if bind is not None:
             bind = check_bind(bind)
+        checked = None if binds is None else check_binds(binds)
         registered = app.extensions.setdefault(EXTENSION_KEY, {})
         if self in registered:
             raise ScopedSessionError(
@@ -211,9 +242,11 @@ class FlaskScopedSession(ScopedSession[S]):
         commit = self._commit_default
         if commit is None:
             commit = check_flag(app.config.get(COMMIT_KEY, False), f"app.config[{COMMIT_KEY!r}]")
+        if checked is None:
+            checked = configured_binds(app)
         if bind is None:
             bind = configured_engine(app)
-        state = registered[self] = AppState(commit, bind, _where(app))
+        state = registered[self] = AppState(commit, bind, _where(app), checked)
         self._flask_scope.register(app, state)
 
         # Plain functions, not signals: a signal with receivers costs every
@@ -231,31 +264,23 @@ class FlaskScopedSession(ScopedSession[S]):
             state.started = self._watch_response
         app.teardown_appcontext(self._teardown_handler(state))
 
-    def get_engine(self, app: Flask | None = None) -> Engine:
+    def get_engine(
+        self, app: Flask | None = None, bind_key: type[t.Any] | TableClause | str | None = None
+    ) -> Engine:
         """The engine that ``app``'s sessions are bound to (the current app's by
         default), for ``metadata.create_all()``, ``drop_all()`` and tests.
 
         An app bound to a connection gives that connection's engine. Raises
         :class:`NoScopeError` outside an application context when no ``app`` is
         passed, and :class:`ScopedSessionError` for an app without an engine.
+
+        :param bind_key: the engine of one of the app's ``binds`` instead: its key
+            (``AuthBase``), a mapped class whose base is one, or the bind's name
+            (``"auth"``, its metadata's ``info["bind_key"]``).
         """
-        if app is None:
-            context = current_context()
-            if context is None:
-                raise NoScopeError(
-                    "No Flask application context is active, so there is no current app."
-                    " Pass the app, Session.get_engine(app), or push a context with"
-                    " 'app.app_context()'."
-                )
-            app = context.app
-        else:
-            check_app(app, "get_engine()")
-        state = self._flask_scope.state(app)
-        if state is None:
-            raise ScopedSessionError(
-                f"This FlaskScopedSession is not registered on the app {app.name!r}."
-                " Call Session.init_app(app, bind=engine) where the app is created."
-            )
+        app, state = self._state("get_engine", app)
+        if bind_key is not None:
+            return bound_engine(state.binds, bind_key, app)
         if state.bind is None:
             raise ScopedSessionError(
                 f"The app {app.name!r} has no engine of this FlaskScopedSession: its"
@@ -264,6 +289,33 @@ class FlaskScopedSession(ScopedSession[S]):
                 " before init_app()."
             )
         return state.bind.engine
+
+    def get_binds(self, app: Flask | None = None) -> dict[BindKey, Engine]:
+        """The engines of ``app``'s binds (the current app's by default), by their
+        keys: ``{AuthBase: auth_engine}``; empty for an app without binds."""
+        return {key: bind.engine for key, bind in self._state("get_binds", app)[1].binds.items()}
+
+    def _state(self, method: str, app: Flask | None) -> tuple[Flask, AppState]:
+        """``app`` (the current one by default) and what it was registered with,
+        for the public ``method``."""
+        if app is None:
+            context = current_context()
+            if context is None:
+                raise NoScopeError(
+                    "No Flask application context is active, so there is no current app."
+                    f" Pass the app, Session.{method}(app), or push a context with"
+                    " 'app.app_context()'."
+                )
+            app = context.app
+        else:
+            check_app(app, f"{method}()")
+        state = self._flask_scope.state(app)
+        if state is None:
+            raise ScopedSessionError(
+                f"This FlaskScopedSession is not registered on the app {app.name!r}."
+                " Call Session.init_app(app, bind=engine) where the app is created."
+            )
+        return app, state
 
     @property
     def engine(self) -> Engine:

@@ -37,7 +37,14 @@ Fixtures:
 - ``scoped_session_engine`` (override it when needed): the engine the transaction runs
   on. By default the engine the sessionmakers are bound to.
 - ``scoped_session_transaction``: the test transaction; its value is the
-  :class:`sqlalchemy.engine.Connection` it runs on.
+  :class:`sqlalchemy.engine.Connection` it runs on (None when there is no
+  ``scoped_session_engine``, below).
+
+Sessions that name engines of their own (each Flask app's, from ``init_app(app,
+bind=...)`` or its config; an app's ``binds``) join a test transaction on each of those
+engines, begun when a session first uses it: leave ``scoped_session_engine`` out. An
+override of it stands in for the sessionmakers' engine only; a session whose ``bind``
+is another engine raises ScopedSessionError, and the test fails at its end.
 - ``scoped_session_async_transaction``: the same for ``AsyncScopedSession``s, on an
   ``AsyncConnection`` (its value) opened on the loop the app runs on: the test's own
   in an async test (pytest-asyncio or anyio), a portal loop of the plugin's in a
@@ -82,11 +89,13 @@ from ._proxy import ScopedSession
 from ._test_engines import (
     ASYNC,
     ASYNC_FIXTURE,
-    SYNC,
+    DEFAULT_ENGINE,
     AnyScopedSession,
     bound_engine,
     checked_engine,
+    default_engine,
     registries_of,
+    sync_engine,
 )
 from ._test_transaction import LEAK_CHECK, Leaks, TestTransaction
 from .asyncio import AsyncScopedSession
@@ -164,13 +173,18 @@ def scoped_sessions() -> list[AnyScopedSession]:
 
 
 @pytest.fixture
-def scoped_session_engine(scoped_sessions: object) -> sa.Engine:
+def scoped_session_engine(request: pytest.FixtureRequest, scoped_sessions: object) -> sa.Engine:
     """The engine the test transaction of the sync ScopedSessions runs on.
 
     By default the engine that their sessionmakers are bound to. Override it to
-    test against another database (one per xdist worker, say).
+    test against another database (one per xdist worker, say): it then stands in
+    for the sessionmakers' engine. Sessions that name engines of their own (a
+    Flask app's, binds) use those, each in a test transaction of its own; with
+    an override, a session whose ``bind`` is another engine is an error.
     """
-    return t.cast("sa.Engine", bound_engine(SYNC, *registries_of(scoped_sessions)))
+    engine = default_engine(*registries_of(scoped_sessions))
+    request.node.stash[DEFAULT_ENGINE] = engine
+    return t.cast("sa.Engine", engine)
 
 
 @pytest.fixture
@@ -187,13 +201,16 @@ def scoped_session_async_engine(scoped_sessions: object) -> AsyncEngine:
 @pytest.fixture
 def scoped_session_transaction(
     request: pytest.FixtureRequest, scoped_sessions: object
-) -> t.Iterator[sa.Connection]:
-    """Run the test in a transaction that is rolled back at its end.
+) -> t.Iterator[sa.Connection | None]:
+    """Run the test in a transaction that is rolled back at its end: one per
+    engine its sessions use, begun when a session first uses it.
 
-    The value is the connection the transaction runs on: statements run on it see
-    what the test's sessions wrote. Sessions the registered ScopedSessions already
-    hold when the test starts are closed first: they were made outside the
-    transaction.
+    The value is the connection the transaction runs on in ``scoped_session_engine``:
+    statements run on it see what the test's sessions wrote; None when there is no
+    such engine (each app names its own: ``Session.connection()`` in an app
+    context is then that app's test connection). Sessions the registered
+    ScopedSessions already hold when the test starts are closed first: they were
+    made outside the transaction.
     """
     registries, indexes = registries_of(scoped_sessions)
     if any(isinstance(scoped, AsyncScopedSession) for scoped in registries):
@@ -204,9 +221,11 @@ def scoped_session_transaction(
             " sync ScopedSessions among them in one of their own.",
             pytrace=False,
         )
-    engine = checked_engine(SYNC, request.getfixturevalue("scoped_session_engine"))
+    engine, explicit = sync_engine(request, registries, indexes)
     check_leaks = _leak_check_enabled(request.node)
-    transaction = TestTransaction(engine, t.cast("list[ScopedSession[t.Any]]", registries), indexes)
+    transaction = TestTransaction(
+        engine, t.cast("list[ScopedSession[t.Any]]", registries), indexes, explicit=explicit
+    )
     transaction.begin()
     try:
         yield transaction.connection
@@ -364,8 +383,10 @@ def _setup(
     engine = checked_engine(ASYNC, request.getfixturevalue("scoped_session_async_engine"))
     sync_transaction = None
     if sync:
-        sync_engine = checked_engine(SYNC, request.getfixturevalue("scoped_session_engine"))
-        sync_transaction = TestTransaction(sync_engine, [s for _, s in sync], [i for i, _ in sync])
+        default, explicit = sync_engine(request, registries, indexes)
+        sync_transaction = TestTransaction(
+            default, [s for _, s in sync], [i for i, _ in sync], explicit=explicit
+        )
     transaction = AsyncTestTransaction(
         engine, [s for _, s in async_], [i for i, _ in async_], sync_transaction
     )

@@ -456,7 +456,7 @@ def test_without_an_engine_sessions_are_made_as_the_factory_makes_them() -> None
 
 @needs_sqlalchemy
 def test_engine_and_get_engine_are_members_not_forwarded(tmp_path: Path) -> None:
-    for name in ("engine", "get_engine"):
+    for name in ("engine", "get_engine", "get_binds"):
         assert name in vars(FlaskScopedSession)
     assert isinstance(inspect.getattr_static(Session, "engine"), property)
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'members.db'}")
