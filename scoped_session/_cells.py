@@ -135,7 +135,12 @@ class Cell:
         # gets a fresh cell, not this dying one.
         self.depth = 0
         self.ended = True
-        session = self.take_to_close(reaped=reaped)
+        session = self.take()
+        if session is not None:  # counted, as take_to_close() does: it is ended next
+            if reaped:
+                self.stats.reaped += 1
+            else:
+                self.stats.removed += 1
         home = self.home
         scope = None if home is None else home()
         if scope is not None:
@@ -175,18 +180,6 @@ class Cell:
             else:
                 self.stats.removed += 1
         return session
-
-    def sessions(self) -> list[t.Any]:
-        """Take the sessions of this cell and of the cells it shadows, innermost
-        first, counted as removed (for closing a scope's whole chain)."""
-        found = []
-        cell: Cell | None = self
-        while cell is not None:
-            session = cell.take_to_close()
-            if session is not None:
-                found.append(session)
-            cell = cell.prev
-        return found
 
     def reap(self, session: t.Any) -> None:
         """Close a session whose cell was dropped without ``remove()``."""

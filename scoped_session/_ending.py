@@ -85,7 +85,7 @@ class Ending:
             raise_failures(self.failures, self.where)
 
 
-def raise_failures(failures: list[BaseException], where: object) -> None:
+def raise_failures(failures: t.Sequence[BaseException], where: object) -> None:
     """Raise the one failure, a group of several, or nothing."""
     if len(failures) == 1:
         raise failures[0]
@@ -184,17 +184,6 @@ def _step(method: t.Callable[[], object], run: Runner | None) -> t.Awaitable[obj
     return result if inspect.isawaitable(result) else None
 
 
-def _detached(cells: t.Iterable[Cell], reaped: bool, keep_open: bool) -> list[t.Any]:
-    """The sessions of ``cells`` to end, their units ended (or, with ``keep_open``,
-    left open and emptied)."""
-    sessions = []
-    for cell in cells:
-        session = cell.take_to_close() if keep_open else cell.detach(reaped)
-        if session is not None:
-            sessions.append(session)
-    return sessions
-
-
 def _held(cells: t.Iterable[Cell]) -> list[t.Any]:
     return [cell.session for cell in cells if cell.session is not None]
 
@@ -218,7 +207,11 @@ def end_units(
     :param keep_open: end only the units' sessions; the units stay open (a worker
         thread's units between jobs).
     """
-    sessions = _detached(cells, reaped, keep_open)
+    sessions = []
+    for cell in cells:
+        session = cell.take_to_close() if keep_open else cell.detach(reaped)
+        if session is not None:
+            sessions.append(session)
     if not sessions:
         return 0
     return end_sessions(sessions, commit=commit, error=error, where=where)
@@ -230,7 +223,14 @@ def end_scope_cell(
     """End a scope's own cell when the scope is over (a Flask application context):
     its session and those of the cells it shadows (units left open in it), by the
     policy, innermost first. Returns how many were committed."""
-    sessions = cell.sessions()
+    sessions = []
+    found: Cell | None = cell
+    while found is not None:
+        session = found.take()
+        if session is not None:
+            found.stats.removed += 1
+            sessions.append(session)
+        found = found.prev
     if not sessions:
         return 0
     return end_sessions(sessions, commit=commit, error=error, where=where)
@@ -254,7 +254,7 @@ async def end_units_async(
 ) -> int:
     """:func:`end_units` for units whose sessions' steps are awaited (or run by
     ``run``, see :func:`end_sessions_async`)."""
-    sessions = _detached(cells, False, False)
+    sessions = [session for cell in cells if (session := cell.detach()) is not None]
     if not sessions:
         return 0
     return await end_sessions_async(sessions, commit=commit, error=error, where=where, run=run)

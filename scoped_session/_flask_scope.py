@@ -414,5 +414,5 @@ class AppContextScope(Scope):
         state: AppState | None = app.extensions.get(self.key)
         return state
 
-    def label(self) -> str:
-        return "an application context"
+    # A context's end closes its cell's session: no label is ever shown.
+    labels = False

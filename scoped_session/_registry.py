@@ -17,14 +17,13 @@ import inspect
 import os
 import sys
 import threading
-import types
 import typing as t
 import warnings
 import weakref
 
 from . import _events
 from ._arguments import check_flag, sqlalchemy_module
-from ._cells import Cell, Stats, describe, origin_text
+from ._cells import Cell, NoCell, Stats, describe, origin_text
 from ._exceptions import NoScopeError, ScopedSessionWarning, already_present, compatible
 from ._scopes import ContextScope, KeyedScope, Scope, ThreadScope
 
@@ -44,10 +43,6 @@ class Closeable(t.Protocol):
 
 
 S = t.TypeVar("S", bound=Closeable)
-
-#: The prefix of the library's module names: frames of these are skipped when a
-#: cell records where its session was made.
-_OWN = __name__.rpartition(".")[0] + "."
 
 #: Every live registry, so that a fork child can make each forget its cells.
 _instances: weakref.WeakSet[Registry[t.Any]] = weakref.WeakSet()
@@ -142,7 +137,9 @@ class Registry(t.Generic[S]):
         self._slot = scope.slot
         # Two threads can share a custom key: making its session must not race.
         self._create_lock = threading.RLock() if scope.shared else None
-        self._checked: set[type[t.Any]] = set()
+        #: The session classes seen, and whether one can flag itself as serving
+        #: asyncio (checked at each session made).
+        self._checked: dict[type[t.Any], bool] = {}
         _instances.add(self)
         if "sqlalchemy.orm" in sys.modules:
             # event.listen(Session, ...) reaches the factory's session class.
@@ -212,7 +209,7 @@ class Registry(t.Generic[S]):
         most of their cost). ``or`` is safe for a session that tests false: the
         factory is only called when the caller's cell holds nothing.
         """
-        session: S = self._slot.cell.session or self._create({})
+        session: S = self._slot.cell.session or self._create({}, 3)
         return session
 
     def __call__(self, **kw: t.Any) -> S:
@@ -233,91 +230,119 @@ class Registry(t.Generic[S]):
         scope.moved()
         self._slot = scope.slot
 
-    def _caller_cell(self) -> tuple[Cell | None, bool]:
+    def _caller_cell(self, cell: Cell | NoCell) -> tuple[Cell | None, bool]:
         """The caller's live cell (or None), and whether the scope must check the
-        caller's use of it with :meth:`Scope.claim`.
+        caller's use of it with :meth:`Scope.claim`, from ``cell``, what the
+        caller's slot shows (read once by the caller).
 
-        Read through the slot, as the proxy does: a live cell found there is the
-        caller's own and needs no check (a task scope's slot shows a cell only to
-        the one task that may use it unchecked). Otherwise a hooked scope looks
-        the cell up itself, and so does any scope for a unit ended elsewhere.
+        A live cell found in the slot is the caller's own and needs no check (a
+        task scope's slot shows a cell only to the one task that may use it
+        unchecked). Otherwise a hooked scope looks the cell up itself, and so does
+        any scope for a unit ended elsewhere.
         """
-        cell = self._slot.cell
         if cell.is_cell and not cell.ended:
-            return cell, False
+            live: t.Any = cell  # a Cell; not a cast, which is a call
+            return live, False
         scope = self._scope
         if scope.hooked or cell.ended:
             return scope.resolve(), scope.hooked
         return None, False
 
-    def _create(self, kw: dict[str, t.Any]) -> S:
-        lock = self._create_lock
-        if lock is None:
-            return self._make(kw)
-        with lock:
-            return self._make(kw)
+    def _create(self, kw: dict[str, t.Any], depth: int = 2) -> S:
+        """Make the caller's session (or return the one it has, when ``kw`` is
+        empty): the slow path of every read, once per session.
 
-    def _make(self, kw: dict[str, t.Any]) -> S:
-        scope = self._scope
-        if scope.local_base is not None and scope.local_base is not threading.local:
-            self._moved()
-        cell, checked = self._caller_cell()
-        if cell is not None and cell.session is not None:
-            if kw:
-                raise already_present()
-            found: S = cell.session
-            if checked:
-                scope.claim(cell, found)
-            return found
-        implicit = cell is None or not cell.depth
-        if implicit and self._strict:
-            raise NoScopeError(
-                f"This {self._NAME} is strict: a session is made only inside a unit of"
-                " work, and the caller has none. Wrap the work in"
-                " 'with Session.scope():' (or @Session.scope()), or run it under an"
-                " integration that opens one."
-            )
-        if scope.admits:
-            # The scope's arguments (a Flask app's engine); the caller's win.
-            scoped_kw = scope.admit()
-            if scoped_kw:
-                kw = {**scoped_kw, **kw} if kw else scoped_kw
-        # Made before the registry is touched: a factory that raises leaves nothing.
-        session = self.session_factory(**kw)
-        if session is None:
-            raise TypeError(
-                "The session factory returned None; it must return a new session"
-                f" object (as {self._factory_hint()} does)."
-            )
-        kind = type(session)
-        if kind not in self._checked:
-            if _closes_async(kind) != self._ASYNC:
-                _drop(session)
-                raise TypeError(self._wrong_kind())
-            self._checked.add(kind)
-        if cell is None:
-            cell = scope.new_cell(self._stats, None, 0, scope.label())
-            scope.install(cell)
-        elif checked:
-            scope.claim(cell, None)
-        if implicit and scope.records_origin:
-            # Each session's own line: a thread's cell is reused after remove().
-            cell.origin = _caller_origin()
-        cell.session = session
-        self._stats.created += 1
-        return session
+        :param depth: how many frames up the user's code is: 2 from a forwarder
+            or ``__call__``, 3 through :meth:`_current`. A fixed depth, not a walk
+            past the library's frames: each frame walked costs a frame object.
+        """
+        # One method, not a lock wrapper around another: this runs once per
+        # request. The lock is there only where two threads can share a key.
+        lock = self._create_lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            scope = self._scope
+            if scope.local_base is not None and scope.local_base is not threading.local:
+                self._moved()
+            shown = self._slot.cell
+            if not (shown.is_cell or shown.ended or scope.hooked):
+                cell, checked = None, False  # the usual first use: nothing to look up
+            else:
+                cell, checked = self._caller_cell(shown)
+            if cell is not None and cell.session is not None:
+                if kw:
+                    raise already_present()
+                found: S = cell.session
+                if checked:
+                    scope.claim(cell, found)
+                return found
+            implicit = cell is None or not cell.depth
+            if implicit and self._strict:
+                raise NoScopeError(
+                    f"This {self._NAME} is strict: a session is made only inside a unit of"
+                    " work, and the caller has none. Wrap the work in"
+                    " 'with Session.scope():' (or @Session.scope()), or run it under an"
+                    " integration that opens one."
+                )
+            if scope.admits:
+                # The scope's arguments (a Flask app's engine); the caller's win.
+                scoped_kw = scope.admit()
+                if scoped_kw:
+                    kw = {**scoped_kw, **kw} if kw else scoped_kw
+            # Made before the registry is touched: a factory that raises leaves nothing.
+            session = self.session_factory(**kw)
+            if session is None:
+                raise TypeError(
+                    "The session factory returned None; it must return a new session"
+                    f" object (as {self._factory_hint()} does)."
+                )
+            kind = type(session)
+            flagged = self._checked.get(kind)
+            if flagged is None:
+                if _closes_async(kind) != self._ASYNC:
+                    _drop(session)
+                    raise TypeError(self._wrong_kind())
+                # Whether its sessions can say they serve asyncio (SQLAlchemy's).
+                flagged = self._checked[kind] = not self._ASYNC and hasattr(kind, "_is_asyncio")
+            if flagged and session._is_asyncio:  # type: ignore[attr-defined]
+                # A sync Session that serves an AsyncSession (SQLAlchemy's flag): as
+                # SQLAlchemy's scoped_session does, warn at each one made.
+                warnings.warn(
+                    "Using `scoped_session` with asyncio is deprecated and will raise an"
+                    " error in a future version. Please use `async_scoped_session`"
+                    " instead: scoped_session.asyncio.AsyncScopedSession("
+                    "async_sessionmaker(engine)).",
+                    compatible(ScopedSessionWarning, "SADeprecationWarning"),
+                    stacklevel=3,
+                )
+            if cell is None:
+                cell = scope.new_cell(self._stats, None, 0, scope.label() if scope.labels else None)
+                scope.install(cell)
+            elif checked:
+                scope.claim(cell, None)
+            if implicit and scope.records_origin:
+                # Each session's own line: a thread's cell is reused after remove().
+                frame = sys._getframe(depth)
+                cell.origin = (frame.f_code, frame.f_lasti)
+            cell.session = session
+            self._stats.created += 1
+            return session
+        finally:
+            if lock is not None:
+                lock.release()
 
     def _take(self) -> S | None:
         """Take the caller's session out of its cell without closing it; a cell
         outside any unit of work is released."""
-        cell, checked = self._caller_cell()
+        cell, checked = self._caller_cell(self._slot.cell)
         if cell is None:
             return None
         session: S | None = cell.take()
         scope = self._scope
         if session is not None and checked:
             scope.claim(cell, session)
-        if not cell.depth:
+        if not cell.depth and scope.releases:
             scope.release(cell)
         return session
 
@@ -395,15 +420,6 @@ class Registry(t.Generic[S]):
         return f"<{type(self).__name__} scope={self._scope.kind}>"
 
 
-def _caller_origin() -> tuple[types.CodeType, int] | None:
-    """Where the caller outside this library made a session: the first frame up
-    that is not the library's own (a proxy member, the registry, an integration)."""
-    frame: types.FrameType | None = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(_OWN):
-        frame = frame.f_back
-    return None if frame is None else (frame.f_code, frame.f_lasti)
-
-
 def _drop(session: object) -> None:
     """Let go of a session of the wrong kind without leaving a coroutine unawaited."""
     try:
@@ -470,22 +486,14 @@ def open_unit(registry: Registry[t.Any], label: object = None, request: bool = F
     scope = registry._scope
     if scope.local_base is not None and scope.local_base is not threading.local:
         registry._moved()
-    outer = scope.resolve()
-    if outer is not None and scope.joins(outer) and not (request and outer.handed):
-        outer.depth += 1
-        return outer
-    # A session made outside any unit (or another request's) is shadowed, not
-    # adopted: the unit starts fresh and the old one comes back when it ends.
-    cell = scope.new_cell(registry._stats, outer, 1, label)
-    scope.install(cell)
-    return cell
+    return scope.open(registry._stats, label, request)
 
 
 def take_loose(registry: Registry[t.Any]) -> t.Any:
     """Take the caller's session if it was made outside any unit of work, counted
     as removed, for the caller to end: what a job left behind after its unit ended
     (a Celery task's handlers). A session of an open unit is left alone."""
-    cell, _ = registry._caller_cell()
+    cell, _ = registry._caller_cell(registry._slot.cell)
     if cell is None or cell.depth:
         return None
     session = cell.take_to_close()

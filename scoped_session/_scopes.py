@@ -75,6 +75,10 @@ class Scope:
     records_origin: bool = True
     slot: t.Any
     tracked: CellTracker
+    #: Whether :meth:`label` names anything (the registry skips the call).
+    labels: bool = True
+    #: Whether :meth:`release` does anything (``remove()`` skips the call).
+    releases: bool = False
     #: The ``threading.local`` class the slot was made from, where it was made
     #: from one: see :meth:`ThreadScope.moved`.
     local_base: type[t.Any] | None = None
@@ -128,6 +132,18 @@ class Scope:
     def moved(self) -> None:
         """``threading.local`` is no longer the class the slot was made from: see
         :meth:`ThreadScope.moved`."""
+
+    def open(self, stats: Stats, label: object, request: bool) -> Cell:
+        """Open a unit on the caller's slot (see ``_registry.open_unit()``): join
+        the caller's open unit, or install a fresh cell that shadows what the
+        caller had."""
+        outer = self.resolve()
+        if outer is not None and self.joins(outer) and not (request and outer.handed):
+            outer.depth += 1
+            return outer
+        cell = self.new_cell(stats, outer, 1, label)
+        self.install(cell)
+        return cell
 
     def admit(self) -> dict[str, t.Any] | None:
         """Called before a session is made for the caller (when :attr:`admits`):
@@ -221,9 +237,27 @@ class ThreadScope(Scope):
             self.tracked.add(cell)
             self.slot.cell = cell
 
-    # resolve() and leave() read the slot directly: every WSGI request and thread
-    # job opens and ends a unit, and the base's calls through get()/install()
-    # are most of that bookkeeping.
+    # open(), resolve() and leave() read the slot directly: every WSGI request
+    # and thread job opens and ends a unit, and the base's calls through
+    # get()/install() are most of that bookkeeping.
+
+    def open(self, stats: Stats, label: object, request: bool) -> Cell:
+        slot = self.slot
+        found: Cell | NoCell = slot.cell
+        outer: Cell | None
+        if found.ended:
+            outer = super().resolve()
+        elif found.is_cell:
+            outer = found  # type: ignore[assignment]  # a Cell (not a cast, a call)
+        else:
+            outer = None
+        if outer is not None and outer.depth > 0 and not (request and outer.handed):
+            outer.depth += 1
+            return outer
+        cell = Cell(stats, outer, 1, label, self.ref)
+        self.tracked.add(cell)
+        slot.cell = cell
+        return cell
 
     def resolve(self) -> Cell | None:
         cell = self.slot.cell
@@ -284,6 +318,7 @@ class ContextScope(Scope):
     """One cell per ``contextvars`` context: a thread, an asyncio task, a greenlet."""
 
     kind = "context"
+    releases = True
 
     def reset(self) -> None:
         super().reset()
@@ -370,6 +405,7 @@ class KeyedScope(Scope):
 
     kind = "scopefunc"
     shared = True
+    releases = True
     slot: _KeyedSlot
 
     def __init__(self, scopefunc: t.Callable[[], object]) -> None:

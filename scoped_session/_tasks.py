@@ -94,7 +94,7 @@ class AsyncCell(Cell):
     :data:`SHARED`); ``loop`` is where its session is closed when nobody else
     does it; ``users`` are the other tasks that used a shared unit's cell."""
 
-    __slots__ = ("gate", "loop", "task", "users")
+    __slots__ = ("gate", "loop", "reaper", "task", "users")
 
     task: Task | Marker | None
     gate: Task | Marker | None
@@ -109,9 +109,17 @@ class AsyncCell(Cell):
         home: t.Callable[[], Home | None] | None = None,
     ) -> None:
         super().__init__(stats, prev, depth, label, home)
-        self.task = self.gate = owner()
-        self.loop = running_loop()
+        # owner() and running_loop(), inlined: a task's first session makes one.
+        self.loop: asyncio.AbstractEventLoop | None
+        try:
+            self.loop = loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = self.task = self.gate = None
+        else:
+            self.task = self.gate = asyncio.current_task(loop)
         self.users = None
+        #: The done callback that closes what its task leaves behind, if any.
+        self.reaper: t.Callable[[Task], None] | None = None
 
     def reap(self, session: t.Any) -> None:
         # Reached for a cell dropped while it holds a session: its unit was never
@@ -178,6 +186,7 @@ async def drain_closing() -> None:
 def _reap_at_task_end(cell: AsyncCell, task: Task) -> None:
     """A task's done callback: close the session it made and never removed."""
     cell.task = cell.gate = FINISHED
+    cell.reaper = None  # the cell and this callback refer to each other
     session = cell.take_to_close(reaped=True)
     if session is not None:
         _spawn_close(session, f"its task {task.get_name()} ended")
@@ -231,7 +240,7 @@ class TaskScope(Scope):
 
     def install(self, cell: Cell | None) -> None:
         if cell is not None:
-            self.track(cell)
+            self.tracked.add(cell)
         self.var.set(cell)  # type: ignore[arg-type]  # (a cast is a call, on the hot path)
 
     def resolve(self) -> Cell | None:
@@ -268,9 +277,26 @@ class TaskScope(Scope):
         task = cell.task
         if not depth and isinstance(task, asyncio.Task):
             # The task closes what it leaves behind when it ends; the callback goes
-            # with the task, so the registry keeps no task alive.
-            task.add_done_callback(functools.partial(_reap_at_task_end, cell))
+            # with the task, so the registry keeps no task alive. remove() takes
+            # it off again: a task that removed its session leaves nothing to do.
+            cell.reaper = reaper = functools.partial(_reap_at_task_end, cell)
+            task.add_done_callback(reaper)
         return cell
+
+    releases = True
+
+    def release(self, cell: Cell) -> None:
+        # remove() emptied the caller's own session cell: drop it, and its done
+        # callback with it (the task's next session gets a cell of its own).
+        async_cell: t.Any = cell
+        reaper = async_cell.reaper
+        if reaper is not None:
+            async_cell.reaper = None
+            task = async_cell.task
+            if isinstance(task, asyncio.Task):
+                task.remove_done_callback(reaper)
+        if self.var.get() is cell:
+            self.var.set(cell.prev)  # type: ignore[arg-type]  # an AsyncCell or None
 
     def leave(self, cell: Cell) -> None:
         async_cell: t.Any = cell  # an AsyncCell; not a cast, which is a call
@@ -310,10 +336,9 @@ class TaskScope(Scope):
             raise ConcurrentUseError(message)
         warnings.warn(message, ConcurrentUseWarning, stacklevel=5)
 
-    def label(self) -> object:
-        # A task's cell is reaped with a message of its own (see AsyncCell.reap
-        # and _reap_at_task_end), and a label must not keep the task alive.
-        return None
+    # A task's cell is reaped with a message of its own (see AsyncCell.reap and
+    # _reap_at_task_end), and a label must not keep the task alive.
+    labels = False
 
 
 class AsyncKeyedScope(KeyedScope):

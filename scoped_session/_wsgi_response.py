@@ -36,20 +36,21 @@ Veto = t.Callable[["WSGIEnvironment", str, list[tuple[str, str]]], object]
 Units = tuple[Cell, ...]
 
 
-class Request:
-    """Names a request in messages ("GET /notes"; with ``prefix``, "the request GET
-    /notes"), formatted only when one is written."""
+class Request(tuple["WSGIEnvironment", str]):
+    """Names a request in messages ("GET /notes"; with a prefix, "the request GET
+    /notes"), formatted only when one is written: ``Request((environ, prefix))``.
+    A tuple, made without a call of Python code: every request makes one."""
 
-    __slots__ = ("environ", "prefix")
+    __slots__ = ()
 
-    def __init__(self, environ: WSGIEnvironment, prefix: str = "") -> None:
-        self.environ = environ
-        self.prefix = prefix
+    @property
+    def environ(self) -> WSGIEnvironment:
+        return self[0]
 
     def __str__(self) -> str:
-        environ = self.environ
+        environ, prefix = self
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        return f"{self.prefix}{environ.get('REQUEST_METHOD', '?')} {path}"
+        return f"{prefix}{environ.get('REQUEST_METHOD', '?')} {path}"
 
 
 def roll_back(units: Units, where: Request, error: BaseException) -> None:
@@ -123,10 +124,7 @@ class Response:
             self.live.pop()
         except IndexError:
             return
-        self._close(self._commit_at_close())
-
-    def _commit_at_close(self) -> bool:
-        return False
+        self._close(False)
 
     def _close(self, commit: bool, reaped: bool = False) -> None:
         close = getattr(self._body, "close", None)
@@ -148,7 +146,7 @@ class Response:
         try:
             if any(not cell.ended for cell in self._units):
                 message = (
-                    f"The response to {Request(self._where.environ)} was garbage collected"
+                    f"The response to {Request((self._where.environ, ''))} was garbage collected"
                     " without close(); its database sessions were closed now (rolled"
                     " back). A WSGI server must call close() on the response iterable"
                     " (PEP 3333): use a server that does, or call close() on the"
@@ -205,10 +203,15 @@ class CommittingResponse(Response):
             self._fail(exc)
             raise
 
-    def _commit_at_close(self) -> bool:
-        # A body the server stopped reading (the client left) did not finish
-        # its work: what it wrote is rolled back.
-        return self._finished and self._gate.decision is True
+    def close(self) -> None:
+        """:meth:`Response.close`, committing what the stream wrote when it ran to
+        its end: a body the server stopped reading (the client left) did not
+        finish its work, and what it wrote is rolled back."""
+        try:
+            self.live.pop()
+        except IndexError:
+            return
+        self._close(self._finished and self._gate.decision is True)
 
 
 class Gate:

@@ -205,54 +205,23 @@ class ScopedSessionMiddleware:
 
     async def _http(self, scope: Message, receive: Receive, send: Send) -> None:
         units = self._start()
-        where = _Where((scope,))
-        run = self._run
-        held: Message | None = None  # commit=True: the start message, until the body
-        commit = False  # whether to commit at the end (the status allowed it)
-        trailers = False
-        ended = False
-        failures: list[BaseException] = []
-
-        async def send_through(message: Message) -> None:
-            nonlocal held, commit, trailers, ended
-            kind = message["type"]
-            if kind == "http.response.start":
-                trailers = bool(message.get("trailers", False))
-                if self.commit:
-                    held = message
-                    commit = int(message["status"]) < 400
-                    return
-                await send(message)
-                return
-            if held is not None:
-                if commit:
-                    try:
-                        await _to_end(commit_units_async(units, where=where, run=run))
-                    except BaseException:
-                        held, commit = None, False
-                        raise
-                start, held = held, None
-                await send(start)
-            await send(message)
-            if not ended and _is_last(message, trailers):
-                ended = True
-                failures.extend(await _end_all(units, commit, where, run))
-
+        passage = _Passage(units, _Where((scope,)), self._run, send, self.commit)
         try:
-            await self.app(scope, receive, send_through)
+            await self.app(scope, receive, passage.send)
         except BaseException as exc:
-            if not ended:
-                ended = True
-                await _end_all(units, False, where, run, exc)
+            if not passage.ended:
+                passage.ended = True
+                await _end_all(units, False, passage.where, passage.run, exc)
             raise
-        if not ended:
+        failures = passage.failures
+        if not passage.ended:
             # The app returned before its last body message: the client went away,
             # or the response is incomplete. Nothing of it is committed.
-            ended = True
-            failures.extend(await _end_all(units, False, where, run))
-            if held is not None:
-                await send(held)
-        raise_failures(failures, where)
+            passage.ended = True
+            failures = await _end_all(units, False, passage.where, passage.run)
+            if passage.held is not None:
+                await send(passage.held)
+        raise_failures(failures, passage.where)
 
     async def _websocket(self, scope: Message, receive: Receive, send: Send) -> None:
         units = self._start()
@@ -263,6 +232,67 @@ class ScopedSessionMiddleware:
             await _end_all(units, False, where, self._run, exc)
             raise
         raise_failures(await _end_all(units, self.commit, where, self._run), where)
+
+
+class _Passage:
+    """One HTTP request on its way through the middleware: the app's ``send()`` is
+    :meth:`send`, which ends the request's units right after the last body
+    message (one object per request, where a closure would make a cell per
+    variable it shares)."""
+
+    __slots__ = (
+        "commit",
+        "ended",
+        "failures",
+        "held",
+        "hold",
+        "run",
+        "server_send",
+        "trailers",
+        "units",
+        "where",
+    )
+
+    def __init__(
+        self, units: list[Cell], where: _Where, run: Runner | None, send: Send, hold: bool
+    ) -> None:
+        self.units = units
+        self.where = where
+        self.run = run
+        self.server_send = send
+        #: commit=True: hold the start message until the body, and commit first.
+        self.hold = hold
+        self.held: Message | None = None
+        #: Whether to commit at the end (the status allowed it).
+        self.commit = False
+        self.trailers = False
+        self.ended = False
+        self.failures: t.Sequence[BaseException] = ()
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.trailers = bool(message.get("trailers", False))
+            if self.hold:
+                self.held = message
+                self.commit = int(message["status"]) < 400
+                return
+            await self.server_send(message)
+            return
+        held = self.held
+        if held is not None:
+            if self.commit:
+                try:
+                    await _to_end(commit_units_async(self.units, where=self.where, run=self.run))
+                except BaseException:
+                    self.held, self.commit = None, False
+                    raise
+            self.held = None
+            await self.server_send(held)
+        await self.server_send(message)
+        if not self.ended and _is_last(message, self.trailers):
+            self.ended = True
+            self.failures = await _end_all(self.units, self.commit, self.where, self.run)
 
 
 class _Where(tuple[Message]):

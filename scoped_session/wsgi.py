@@ -106,6 +106,8 @@ class ScopedSessionMiddleware:
         self.sessions = sessions
         self.commit = commit
         self.veto = veto
+        #: The common case, one registry: its unit is opened without a loop.
+        self._single = sessions[0] if len(sessions) == 1 else None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.app!r} sessions={len(self.sessions)}>"
@@ -115,8 +117,13 @@ class ScopedSessionMiddleware:
     ) -> t.Iterable[bytes]:
         # One label names the request everywhere: in its units (a reap warning)
         # and when they end (a failure's log); it is formatted only then.
-        where = Request(environ, "the request ")
-        units = _start(self.sessions, where)
+        where = Request((environ, "the request "))
+        single = self._single
+        units = (
+            (open_unit(single, where, True),)
+            if single is not None
+            else _start(self.sessions, where)
+        )
         if self.commit:
             return self._call_committing(environ, start_response, units, where)
         try:
@@ -173,8 +180,6 @@ class ScopedSessionMiddleware:
 
 
 def _start(sessions: tuple[ScopedSession[t.Any], ...], where: Request) -> Units:
-    if len(sessions) == 1:  # the common case: nothing to undo if it fails
-        return (open_unit(sessions[0], where, request=True),)
     started: list[Cell] = []
     try:
         for scoped in sessions:
