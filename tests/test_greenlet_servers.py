@@ -39,13 +39,8 @@ import contextlib
 import http.client
 import json
 import os
-import queue
 import random
-import re
-import signal
-import subprocess
 import sys
-import threading
 import typing as t
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -61,7 +56,7 @@ pytest.importorskip("sqlalchemy", reason="SQLAlchemy is not installed")
 import greenlet_server_app as gl_app
 import sqlalchemy as sa
 from helpers import Base, Note, backends, drop_schema, make_postgres_engine
-from test_wsgi_servers import LEAK_SIGNS, Outcome, hit
+from test_wsgi_servers import LEAK_SIGNS, Outcome, hit, run_gunicorn
 
 pytestmark = [pytest.mark.server, pytest.mark.postgres]
 
@@ -128,45 +123,8 @@ def gevent_gunicorn(
         "greenlet_server_app:app_from_env()",
     ]
     # Its own working directory: the package comes from the installation.
-    proc = subprocess.Popen(
-        command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def drain() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            log.append(line)
-            lines.put(line)
-        lines.put("")
-
-    drainer = threading.Thread(target=drain)
-    drainer.start()
-    try:
-        port = None
-        while port is None:
-            try:
-                line = lines.get(timeout=TIMEOUT)
-            except queue.Empty:
-                pytest.fail("gunicorn did not start:\n" + "".join(log))
-            if not line:
-                pytest.fail("gunicorn exited:\n" + "".join(log))
-            found = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", line)
-            if found:
-                port = int(found.group(1))
+    with run_gunicorn(command, cwd, env, log) as port:
         yield port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(TIMEOUT)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(TIMEOUT)
-            drainer.join(TIMEOUT)
-            assert not drainer.is_alive()
-            assert proc.stderr is not None
-            proc.stderr.close()
 
 
 def load(port: int, seed: int) -> dict[str, Outcome]:

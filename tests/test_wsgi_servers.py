@@ -196,6 +196,16 @@ def gunicorn_server(db: ServerDB, payload: str, cwd: Path, log: list[str]) -> t.
     ]
     # Its own working directory: the package comes from the installation, not
     # from a checkout on sys.path.
+    with run_gunicorn(command, cwd, env, log) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def run_gunicorn(
+    command: list[str], cwd: Path, env: dict[str, str], log: list[str]
+) -> t.Iterator[int]:
+    """Run a gunicorn ``command`` bound to port 0 and yield the port it listens on;
+    its stderr goes to ``log``. SIGTERM at the end, SIGKILL if it does not stop."""
     proc = subprocess.Popen(
         command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
