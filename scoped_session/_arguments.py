@@ -8,7 +8,7 @@ import importlib
 import types
 import typing as t
 
-__all__ = ["check_flag", "registries", "sqlalchemy_module"]
+__all__ = ["NotForwarded", "check_flag", "registries", "sqlalchemy_module"]
 
 
 def check_flag(value: object, name: str) -> bool:
@@ -74,3 +74,33 @@ def sqlalchemy_module(name: str, what: str) -> types.ModuleType:
             " 'pip install scoped-session[sqlalchemy]'.",
             name="sqlalchemy",
         ) from exc
+
+
+class NotForwarded:
+    """A member of the session that the proxy does not forward, as SQLAlchemy's
+    proxy (named by the class's ``sqlalchemy_proxy``) does not: reading it on the
+    proxy raises an ``AttributeError`` that says to use the session (no session is
+    made), so that ``hasattr()`` is false and the mistake fails at once. The
+    generated proxies use it."""
+
+    __slots__ = ("hint", "name")
+
+    def __init__(self, hint: str) -> None:
+        self.hint = hint
+        self.name = ""
+
+    def __set_name__(self, owner: type[object], name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: object, owner: type[object] | None = None) -> t.NoReturn:
+        cls = owner or type(instance)
+        proxy = cls.__name__
+        what = f"type object {proxy!r}" if instance is None else f"{proxy!r} object"
+        raise AttributeError(
+            f"{what} has no attribute {self.name!r}: {proxy} does not forward the"
+            f" session's {self.name}, like SQLAlchemy's"
+            f" {getattr(cls, 'sqlalchemy_proxy', 'scoped_session')}. Use it on the"
+            f" session: {self.hint}",
+            name=self.name,
+            obj=cls if instance is None else instance,
+        )

@@ -20,35 +20,10 @@ from __future__ import annotations
 import types
 import typing as t
 
+from scoped_session._arguments import NotForwarded
+
 # SQLAlchemy's util.EMPTY_DICT, without importing SQLAlchemy: compares equal to it.
 _EMPTY_DICT: t.Final[t.Mapping[str, t.Any]] = types.MappingProxyType({})
-
-
-class _NotForwarded:
-    """A member of the session that the proxy does not forward: reading it on the
-    proxy raises an ``AttributeError`` that says to use the session (no session is
-    made), so that ``hasattr()`` is false and a typo fails at once."""
-
-    __slots__ = ("hint", "name")
-
-    def __init__(self, hint: str) -> None:
-        self.hint = hint
-        self.name = ""
-
-    def __set_name__(self, owner: type[object], name: str) -> None:
-        self.name = name
-
-    def __get__(self, instance: object, owner: type[object] | None = None) -> t.NoReturn:
-        cls = owner or type(instance)
-        proxy = cls.__name__
-        what = f"type object {proxy!r}" if instance is None else f"{proxy!r} object"
-        raise AttributeError(
-            f"{what} has no attribute {self.name!r}: {proxy} does not forward the"
-            f" session's {self.name}, like SQLAlchemy's async_scoped_session. Use it on the"
-            f" session: {self.hint}",
-            name=self.name,
-            obj=cls if instance is None else instance,
-        )
 
 
 # Type checkers see the class that _async_session_api.py names instead.
@@ -63,6 +38,9 @@ if not t.TYPE_CHECKING:
         """
 
         __slots__ = ()
+
+        #: Named by the error of a member it does not forward.
+        sqlalchemy_proxy = "async_scoped_session"
 
         def __contains__(self, instance: object) -> bool:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.__contains__` on the caller's
@@ -479,13 +457,13 @@ if not t.TYPE_CHECKING:
             )
 
         # The session's members that SQLAlchemy's proxy does not forward either.
-        bind_mapper = _NotForwarded("Session().bind_mapper(...)")
-        bind_table = _NotForwarded("Session().bind_table(...)")
-        dispatch = _NotForwarded("Session().dispatch")
-        get_nested_transaction = _NotForwarded("Session().get_nested_transaction()")
-        get_transaction = _NotForwarded("Session().get_transaction()")
-        in_nested_transaction = _NotForwarded("Session().in_nested_transaction()")
-        in_transaction = _NotForwarded("Session().in_transaction()")
-        run_sync = _NotForwarded("await Session().run_sync(...)")
-        sync_session = _NotForwarded("Session().sync_session")
-        sync_session_class = _NotForwarded("Session().sync_session_class")
+        bind_mapper = NotForwarded("Session().bind_mapper(...)")
+        bind_table = NotForwarded("Session().bind_table(...)")
+        dispatch = NotForwarded("Session().dispatch")
+        get_nested_transaction = NotForwarded("Session().get_nested_transaction()")
+        get_transaction = NotForwarded("Session().get_transaction()")
+        in_nested_transaction = NotForwarded("Session().in_nested_transaction()")
+        in_transaction = NotForwarded("Session().in_transaction()")
+        run_sync = NotForwarded("await Session().run_sync(...)")
+        sync_session = NotForwarded("Session().sync_session")
+        sync_session_class = NotForwarded("Session().sync_session_class")

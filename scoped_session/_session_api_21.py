@@ -20,35 +20,10 @@ from __future__ import annotations
 import types
 import typing as t
 
+from scoped_session._arguments import NotForwarded
+
 # SQLAlchemy's util.EMPTY_DICT, without importing SQLAlchemy: compares equal to it.
 _EMPTY_DICT: t.Final[t.Mapping[str, t.Any]] = types.MappingProxyType({})
-
-
-class _NotForwarded:
-    """A member of the session that the proxy does not forward: reading it on the
-    proxy raises an ``AttributeError`` that says to use the session (no session is
-    made), so that ``hasattr()`` is false and a typo fails at once."""
-
-    __slots__ = ("hint", "name")
-
-    def __init__(self, hint: str) -> None:
-        self.hint = hint
-        self.name = ""
-
-    def __set_name__(self, owner: type[object], name: str) -> None:
-        self.name = name
-
-    def __get__(self, instance: object, owner: type[object] | None = None) -> t.NoReturn:
-        cls = owner or type(instance)
-        proxy = cls.__name__
-        what = f"type object {proxy!r}" if instance is None else f"{proxy!r} object"
-        raise AttributeError(
-            f"{what} has no attribute {self.name!r}: {proxy} does not forward the"
-            f" session's {self.name}, like SQLAlchemy's scoped_session. Use it on the"
-            f" session: {self.hint}",
-            name=self.name,
-            obj=cls if instance is None else instance,
-        )
 
 
 # Type checkers see the class that _session_api.py names instead.
@@ -63,6 +38,9 @@ if not t.TYPE_CHECKING:
         """
 
         __slots__ = ()
+
+        #: Named by the error of a member it does not forward.
+        sqlalchemy_proxy = "scoped_session"
 
         def __contains__(self, instance: object) -> bool:
             """Call :meth:`sqlalchemy.orm.Session.__contains__` on the caller's session."""
@@ -446,20 +424,20 @@ if not t.TYPE_CHECKING:
             )
 
         # The session's members that SQLAlchemy's proxy does not forward either.
-        autobegin = _NotForwarded("Session().autobegin")
-        bind_mapper = _NotForwarded("Session().bind_mapper(...)")
-        bind_table = _NotForwarded("Session().bind_table(...)")
-        connection_callable = _NotForwarded("Session().connection_callable")
-        dispatch = _NotForwarded("Session().dispatch")
-        enable_baked_queries = _NotForwarded("Session().enable_baked_queries")
-        enable_relationship_loading = _NotForwarded("Session().enable_relationship_loading(...)")
-        expire_on_commit = _NotForwarded("Session().expire_on_commit")
-        get_nested_transaction = _NotForwarded("Session().get_nested_transaction()")
-        get_transaction = _NotForwarded("Session().get_transaction()")
-        hash_key = _NotForwarded("Session().hash_key")
-        in_nested_transaction = _NotForwarded("Session().in_nested_transaction()")
-        in_transaction = _NotForwarded("Session().in_transaction()")
-        invalidate = _NotForwarded("Session().invalidate()")
-        join_transaction_mode = _NotForwarded("Session().join_transaction_mode")
-        prepare = _NotForwarded("Session().prepare()")
-        twophase = _NotForwarded("Session().twophase")
+        autobegin = NotForwarded("Session().autobegin")
+        bind_mapper = NotForwarded("Session().bind_mapper(...)")
+        bind_table = NotForwarded("Session().bind_table(...)")
+        connection_callable = NotForwarded("Session().connection_callable")
+        dispatch = NotForwarded("Session().dispatch")
+        enable_baked_queries = NotForwarded("Session().enable_baked_queries")
+        enable_relationship_loading = NotForwarded("Session().enable_relationship_loading(...)")
+        expire_on_commit = NotForwarded("Session().expire_on_commit")
+        get_nested_transaction = NotForwarded("Session().get_nested_transaction()")
+        get_transaction = NotForwarded("Session().get_transaction()")
+        hash_key = NotForwarded("Session().hash_key")
+        in_nested_transaction = NotForwarded("Session().in_nested_transaction()")
+        in_transaction = NotForwarded("Session().in_transaction()")
+        invalidate = NotForwarded("Session().invalidate()")
+        join_transaction_mode = NotForwarded("Session().join_transaction_mode")
+        prepare = NotForwarded("Session().prepare()")
+        twophase = NotForwarded("Session().twophase")

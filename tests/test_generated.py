@@ -38,6 +38,7 @@ from sqlalchemy.orm import (
 )
 
 from scoped_session import _async_session_api, _session_api
+from scoped_session._arguments import NotForwarded
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -597,7 +598,7 @@ def test_the_sessions_other_members_are_not_forwarded(case: Case) -> None:
     with pytest.raises(AttributeError, match=re.escape(hint)):
         probe.in_transaction()
     descriptors = {
-        name for name, value in vars(case.proxy).items() if type(value).__name__ == "_NotForwarded"
+        name for name, value in vars(case.proxy).items() if isinstance(value, NotForwarded)
     }
     assert descriptors == names
 

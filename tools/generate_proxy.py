@@ -414,6 +414,9 @@ def _proxy_class(kind: Kind, members: list[Member], unforwarded: list[Unforwarde
         ),
         "",
         f"{indent}__slots__ = ()",
+        "",
+        f"{indent}#: Named by the error of a member it does not forward.",
+        f'{indent}sqlalchemy_proxy = "{kind.proxy_class}"',
     ]
     for member in members:
         lines += ["", *_member(kind, member, indent)]
@@ -423,37 +426,8 @@ def _proxy_class(kind: Kind, members: list[Member], unforwarded: list[Unforwarde
             f"{indent}# The session's members that SQLAlchemy's proxy does not forward either.",
         ]
         for item in unforwarded:
-            lines.append(f'{indent}{item.name} = _NotForwarded("{item.hint}")')
+            lines.append(f'{indent}{item.name} = NotForwarded("{item.hint}")')
     return lines
-
-
-_NOT_FORWARDED = '''\
-class _NotForwarded:
-    """A member of the session that the proxy does not forward: reading it on the
-    proxy raises an ``AttributeError`` that says to use the session (no session is
-    made), so that ``hasattr()`` is false and a typo fails at once."""
-
-    __slots__ = ("hint", "name")
-
-    def __init__(self, hint: str) -> None:
-        self.hint = hint
-        self.name = ""
-
-    def __set_name__(self, owner: type[object], name: str) -> None:
-        self.name = name
-
-    def __get__(self, instance: object, owner: type[object] | None = None) -> t.NoReturn:
-        cls = owner or type(instance)
-        proxy = cls.__name__
-        what = f"type object {{proxy!r}}" if instance is None else f"{{proxy!r}} object"
-        raise AttributeError(
-            f"{{what}} has no attribute {{self.name!r}}: {{proxy}} does not forward the"
-            f" session's {{self.name}}, like SQLAlchemy's {proxy_class}. Use it on the"
-            f" session: {{self.hint}}",
-            name=self.name,
-            obj=cls if instance is None else instance,
-        )
-'''
 
 
 def _header(kind: Kind, version: str) -> list[str]:
@@ -488,7 +462,14 @@ def generate(kind_name: str) -> str:
     unforwarded = collect_unforwarded(kind, members)
     proxy_class = _proxy_class(kind, members, unforwarded)
     lines = [*_header(kind, version), "", "from __future__ import annotations"]
-    lines += ["", "import types", "import typing as t", ""]
+    lines += [
+        "",
+        "import types",
+        "import typing as t",
+        "",
+        "from scoped_session._arguments import NotForwarded",
+        "",
+    ]
     if any("= _EMPTY_DICT" in line for line in proxy_class):
         lines += [
             "# SQLAlchemy's util.EMPTY_DICT, without importing SQLAlchemy: compares equal to it.",
@@ -496,9 +477,6 @@ def generate(kind_name: str) -> str:
             "",
         ]
     lines += [
-        "",
-        *_NOT_FORWARDED.format(proxy_class=kind.proxy_class).rstrip("\n").split("\n"),
-        "",
         "",
         f"# Type checkers see the class that {kind.chooser} names instead.",
         "if not t.TYPE_CHECKING:",
