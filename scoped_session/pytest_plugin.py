@@ -38,13 +38,7 @@ Fixtures:
   on. By default the engine the sessionmakers are bound to.
 - ``scoped_session_transaction``: the test transaction; its value is the
   :class:`sqlalchemy.engine.Connection` it runs on (None when there is no
-  ``scoped_session_engine``, below).
-
-Sessions that name engines of their own (each Flask app's, from ``init_app(app,
-bind=...)`` or its config; an app's ``binds``) join a test transaction on each of those
-engines, begun when a session first uses it: leave ``scoped_session_engine`` out. An
-override of it stands in for the sessionmakers' engine only; a session whose ``bind``
-is another engine raises ScopedSessionError, and the test fails at its end.
+  ``scoped_session_engine``: see below).
 - ``scoped_session_async_transaction``: the same for ``AsyncScopedSession``s, on an
   ``AsyncConnection`` (its value) opened on the loop the app runs on: the test's own
   in an async test (pytest-asyncio or anyio), a portal loop of the plugin's in a
@@ -52,6 +46,12 @@ is another engine raises ScopedSessionError, and the test fails at its end.
   listed with them get a transaction of their own on ``scoped_session_engine``.
   ``scoped_session_async_engine`` and ``scoped_session_portal`` go with it; see
   docs/testing-async.md.
+
+Sessions that name engines of their own (each Flask app's, from ``init_app(app,
+bind=...)`` or its config; an app's ``binds``) join a test transaction on each of those
+engines, begun when a session first uses it: leave ``scoped_session_engine`` out. An
+override of it stands in for the sessionmakers' engine only; a session whose ``bind``
+is another engine raises ScopedSessionError, and the test fails at its end.
 
 Leak check, off by default: ``scoped_session_check_leaks = true`` in the pytest ini
 options, or ``@pytest.mark.scoped_session_check_leaks`` on a test (``(False)`` turns it
