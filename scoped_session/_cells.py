@@ -135,12 +135,7 @@ class Cell:
         # gets a fresh cell, not this dying one.
         self.depth = 0
         self.ended = True
-        session = self.take()
-        if session is not None:  # counted, as take_to_close() does: it is ended next
-            if reaped:
-                self.stats.reaped += 1
-            else:
-                self.stats.removed += 1
+        session = self.take_to_close(reaped=reaped)
         home = self.home
         scope = None if home is None else home()
         if scope is not None:

@@ -226,9 +226,8 @@ def end_scope_cell(
     sessions = []
     found: Cell | None = cell
     while found is not None:
-        session = found.take()
+        session = found.take_to_close()
         if session is not None:
-            found.stats.removed += 1
             sessions.append(session)
         found = found.prev
     if not sessions:

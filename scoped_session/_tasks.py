@@ -58,14 +58,6 @@ def owner() -> Task | None:
         return None
 
 
-def running_loop() -> asyncio.AbstractEventLoop | None:
-    """This thread's running event loop, or None."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
 class Marker:
     """A value of ``AsyncCell.gate`` that no caller ever matches."""
 
@@ -109,7 +101,7 @@ class AsyncCell(Cell):
         home: t.Callable[[], Home | None] | None = None,
     ) -> None:
         super().__init__(stats, prev, depth, label, home)
-        # owner() and running_loop(), inlined: a task's first session makes one.
+        # owner() and the running loop in one try: a task's first session makes one.
         self.loop: asyncio.AbstractEventLoop | None
         try:
             self.loop = loop = asyncio.get_running_loop()
