@@ -33,8 +33,9 @@ if not t.TYPE_CHECKING:
         """What SQLAlchemy's ``async_scoped_session`` forwards, forwarded as it does.
 
         A subclass provides ``_slot``, whose ``cell.session`` is the caller's session or
-        ``None``, ``_create({})``, which makes it, and the classmethod ``_session_class()``,
-        which returns :class:`sqlalchemy.ext.asyncio.AsyncSession` (imported on first use).
+        ``None``, ``_create({}, cell)``, which makes it from the cell the slot showed, and the
+        classmethod ``_session_class()``, which returns
+        :class:`sqlalchemy.ext.asyncio.AsyncSession` (imported on first use).
         """
 
         __slots__ = ()
@@ -46,45 +47,55 @@ if not t.TYPE_CHECKING:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.__contains__` on the caller's
             session.
             """
-            return (self._slot.cell.session or self._create({})).__contains__(instance)
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).__contains__(instance)
 
         def __iter__(self) -> Iterator[object]:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.__iter__` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).__iter__()
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).__iter__()
 
         def aclose(self) -> None:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.aclose` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).aclose()
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).aclose()
 
         def add(self, instance: object, *, _warn: bool = True) -> None:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.add` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).add(instance, _warn=_warn)
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).add(instance, _warn=_warn)
 
         def add_all(self, instances: Iterable[object]) -> None:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.add_all` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).add_all(instances)
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).add_all(instances)
 
         def begin(self) -> AsyncSessionTransaction:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.begin` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).begin()
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).begin()
 
         def begin_nested(self) -> AsyncSessionTransaction:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.begin_nested` on the caller's
             session.
             """
-            return (self._slot.cell.session or self._create({})).begin_nested()
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).begin_nested()
 
         def close(self) -> None:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.close` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).close()
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).close()
 
         def reset(self) -> None:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.reset` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).reset()
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).reset()
 
         def commit(self) -> None:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.commit` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).commit()
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).commit()
 
         def connection(
             self,
@@ -95,19 +106,22 @@ if not t.TYPE_CHECKING:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.connection` on the caller's
             session.
             """
-            return (self._slot.cell.session or self._create({})).connection(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).connection(
                 bind_arguments=bind_arguments, execution_options=execution_options, **kw
             )
 
         def delete(self, instance: object) -> None:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.delete` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).delete(instance)
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).delete(instance)
 
         def delete_all(self, instances: Iterable[object]) -> None:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.delete_all` on the caller's
             session.
             """
-            return (self._slot.cell.session or self._create({})).delete_all(instances)
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).delete_all(instances)
 
         def execute(
             self,
@@ -119,7 +133,8 @@ if not t.TYPE_CHECKING:
             **kw: Any,
         ) -> Result[Unpack[TupleAny]]:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.execute` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).execute(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).execute(
                 statement,
                 params=params,
                 execution_options=execution_options,
@@ -129,7 +144,8 @@ if not t.TYPE_CHECKING:
 
         def expire(self, instance: object, attribute_names: Optional[Iterable[str]] = None) -> None:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.expire` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).expire(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).expire(
                 instance, attribute_names=attribute_names
             )
 
@@ -137,21 +153,25 @@ if not t.TYPE_CHECKING:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.expire_all` on the caller's
             session.
             """
-            return (self._slot.cell.session or self._create({})).expire_all()
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).expire_all()
 
         def expunge(self, instance: object) -> None:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.expunge` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).expunge(instance)
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).expunge(instance)
 
         def expunge_all(self) -> None:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.expunge_all` on the caller's
             session.
             """
-            return (self._slot.cell.session or self._create({})).expunge_all()
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).expunge_all()
 
         def flush(self, objects: Optional[Sequence[Any]] = None) -> None:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.flush` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).flush(objects=objects)
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).flush(objects=objects)
 
         def get_bind(
             self,
@@ -161,7 +181,8 @@ if not t.TYPE_CHECKING:
             **kw: Any,
         ) -> Union[Engine, Connection]:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.get_bind` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).get_bind(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).get_bind(
                 mapper=mapper, clause=clause, bind=bind, **kw
             )
 
@@ -175,7 +196,8 @@ if not t.TYPE_CHECKING:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.get_async_bind` on the caller's
             session.
             """
-            return (self._slot.cell.session or self._create({})).get_async_bind(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).get_async_bind(
                 mapper=mapper, clause=clause, bind=bind, **kw
             )
 
@@ -183,7 +205,8 @@ if not t.TYPE_CHECKING:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.is_modified` on the caller's
             session.
             """
-            return (self._slot.cell.session or self._create({})).is_modified(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).is_modified(
                 instance, include_collections=include_collections
             )
 
@@ -191,13 +214,15 @@ if not t.TYPE_CHECKING:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.invalidate` on the caller's
             session.
             """
-            return (self._slot.cell.session or self._create({})).invalidate()
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).invalidate()
 
         def merge(
             self, instance: _O, *, load: bool = True, options: Optional[Sequence[ORMOption]] = None
         ) -> _O:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.merge` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).merge(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).merge(
                 instance, load=load, options=options
             )
 
@@ -211,7 +236,8 @@ if not t.TYPE_CHECKING:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.merge_all` on the caller's
             session.
             """
-            return (self._slot.cell.session or self._create({})).merge_all(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).merge_all(
                 instances, load=load, options=options
             )
 
@@ -222,13 +248,15 @@ if not t.TYPE_CHECKING:
             with_for_update: ForUpdateParameter = None,
         ) -> None:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.refresh` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).refresh(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).refresh(
                 instance, attribute_names=attribute_names, with_for_update=with_for_update
             )
 
         def rollback(self) -> None:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.rollback` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).rollback()
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).rollback()
 
         def scalar(
             self,
@@ -240,7 +268,8 @@ if not t.TYPE_CHECKING:
             **kw: Any,
         ) -> Any:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.scalar` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).scalar(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).scalar(
                 statement,
                 params=params,
                 execution_options=execution_options,
@@ -258,7 +287,8 @@ if not t.TYPE_CHECKING:
             **kw: Any,
         ) -> ScalarResult[Any]:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.scalars` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).scalars(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).scalars(
                 statement,
                 params=params,
                 execution_options=execution_options,
@@ -278,7 +308,8 @@ if not t.TYPE_CHECKING:
             execution_options: OrmExecuteOptionsParameter = _EMPTY_DICT,
         ) -> Union[_O, None]:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.get` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).get(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).get(
                 entity,
                 ident,
                 options=options,
@@ -300,7 +331,8 @@ if not t.TYPE_CHECKING:
             execution_options: OrmExecuteOptionsParameter = _EMPTY_DICT,
         ) -> _O:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.get_one` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).get_one(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).get_one(
                 entity,
                 ident,
                 options=options,
@@ -320,7 +352,8 @@ if not t.TYPE_CHECKING:
             **kw: Any,
         ) -> AsyncResult[Unpack[TupleAny]]:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.stream` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).stream(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).stream(
                 statement,
                 params=params,
                 execution_options=execution_options,
@@ -340,7 +373,8 @@ if not t.TYPE_CHECKING:
             """Call :meth:`sqlalchemy.ext.asyncio.AsyncSession.stream_scalars` on the caller's
             session.
             """
-            return (self._slot.cell.session or self._create({})).stream_scalars(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).stream_scalars(
                 statement,
                 params=params,
                 execution_options=execution_options,
@@ -353,79 +387,94 @@ if not t.TYPE_CHECKING:
             """The caller's session's :attr:`~sqlalchemy.ext.asyncio.AsyncSession.bind`;
             settable.
             """
-            return (self._slot.cell.session or self._create({})).bind
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).bind
 
         @bind.setter
         def bind(self, attr: Optional[_AsyncSessionBind]) -> None:
-            (self._slot.cell.session or self._create({})).bind = attr
+            shown = self._slot.cell
+            (shown.session or self._create({}, shown)).bind = attr
 
         @property
         def binds(self) -> Mapping[_SessionBindKey, _AsyncSessionBind]:
             """The caller's session's :attr:`~sqlalchemy.ext.asyncio.AsyncSession.binds`."""
-            return (self._slot.cell.session or self._create({})).binds
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).binds
 
         @property
         def dirty(self) -> IdentitySet:
             """The caller's session's :attr:`~sqlalchemy.ext.asyncio.AsyncSession.dirty`."""
-            return (self._slot.cell.session or self._create({})).dirty
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).dirty
 
         @property
         def deleted(self) -> IdentitySet:
             """The caller's session's :attr:`~sqlalchemy.ext.asyncio.AsyncSession.deleted`."""
-            return (self._slot.cell.session or self._create({})).deleted
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).deleted
 
         @property
         def new(self) -> IdentitySet:
             """The caller's session's :attr:`~sqlalchemy.ext.asyncio.AsyncSession.new`."""
-            return (self._slot.cell.session or self._create({})).new
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).new
 
         @property
         def identity_map(self) -> IdentityMap:
             """The caller's session's :attr:`~sqlalchemy.ext.asyncio.AsyncSession.identity_map`;
             settable.
             """
-            return (self._slot.cell.session or self._create({})).identity_map
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).identity_map
 
         @identity_map.setter
         def identity_map(self, attr: IdentityMap) -> None:
-            (self._slot.cell.session or self._create({})).identity_map = attr
+            shown = self._slot.cell
+            (shown.session or self._create({}, shown)).identity_map = attr
 
         @property
         def is_active(self) -> bool:
             """The caller's session's :attr:`~sqlalchemy.ext.asyncio.AsyncSession.is_active`."""
-            return (self._slot.cell.session or self._create({})).is_active
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).is_active
 
         @property
         def autoflush(self) -> bool:
             """The caller's session's :attr:`~sqlalchemy.ext.asyncio.AsyncSession.autoflush`;
             settable.
             """
-            return (self._slot.cell.session or self._create({})).autoflush
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).autoflush
 
         @autoflush.setter
         def autoflush(self, attr: bool) -> None:
-            (self._slot.cell.session or self._create({})).autoflush = attr
+            shown = self._slot.cell
+            (shown.session or self._create({}, shown)).autoflush = attr
 
         @property
         def no_autoflush(self) -> Any:
             """The caller's session's :attr:`~sqlalchemy.ext.asyncio.AsyncSession.no_autoflush`."""
-            return (self._slot.cell.session or self._create({})).no_autoflush
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).no_autoflush
 
         @property
         def info(self) -> _InfoType:
             """The caller's session's :attr:`~sqlalchemy.ext.asyncio.AsyncSession.info`."""
-            return (self._slot.cell.session or self._create({})).info
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).info
 
         @property
         def execution_options(self) -> _ExecuteOptions:
             """The caller's session's
             :attr:`~sqlalchemy.ext.asyncio.AsyncSession.execution_options`; settable.
             """
-            return (self._slot.cell.session or self._create({})).execution_options
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).execution_options
 
         @execution_options.setter
         def execution_options(self, attr: _ExecuteOptions) -> None:
-            (self._slot.cell.session or self._create({})).execution_options = attr
+            shown = self._slot.cell
+            (shown.session or self._create({}, shown)).execution_options = attr
 
         @classmethod
         def close_all(cls) -> None:

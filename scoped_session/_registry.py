@@ -209,7 +209,7 @@ class Registry(t.Generic[S]):
         most of their cost). ``or`` is safe for a session that tests false: the
         factory is only called when the caller's cell holds nothing.
         """
-        session: S = self._slot.cell.session or self._create({}, 3)
+        session: S = (shown := self._slot.cell).session or self._create({}, shown, 3)
         return session
 
     def __call__(self, **kw: t.Any) -> S:
@@ -218,9 +218,10 @@ class Registry(t.Generic[S]):
         With keyword arguments the session is made with them; when the caller
         already has a session that raises :class:`SessionAlreadyPresent`.
         """
+        shown = self._slot.cell
         if kw:
-            return self._create(kw)
-        session: S = self._slot.cell.session or self._create({})
+            return self._create(kw, shown)
+        session: S = shown.session or self._create({}, shown)
         return session
 
     def _moved(self) -> None:
@@ -238,7 +239,8 @@ class Registry(t.Generic[S]):
         A live cell found in the slot is the caller's own and needs no check (a
         task scope's slot shows a cell only to the one task that may use it
         unchecked). Otherwise a hooked scope looks the cell up itself, and so does
-        any scope for a unit ended elsewhere.
+        any scope for a unit ended elsewhere. :meth:`_create` and :meth:`_take`
+        repeat the first case before calling this (a call is most of its cost).
         """
         if cell.is_cell and not cell.ended:
             live: t.Any = cell  # a Cell; not a cast, which is a call
@@ -248,10 +250,12 @@ class Registry(t.Generic[S]):
             return scope.resolve(), scope.hooked
         return None, False
 
-    def _create(self, kw: dict[str, t.Any], depth: int = 2) -> S:
+    def _create(self, kw: dict[str, t.Any], shown: Cell | NoCell, depth: int = 2) -> S:
         """Make the caller's session (or return the one it has, when ``kw`` is
         empty): the slow path of every read, once per session.
 
+        :param shown: what the caller's slot showed when the caller read it (its
+            cell, or an empty stand-in), so that the slot is read once.
         :param depth: how many frames up the user's code is: 2 from a forwarder
             or ``__call__``, 3 through :meth:`_current`. A fixed depth, not a walk
             past the library's frames: each frame walked costs a frame object.
@@ -265,11 +269,16 @@ class Registry(t.Generic[S]):
             scope = self._scope
             if scope.local_base is not None and scope.local_base is not threading.local:
                 self._moved()
-            shown = self._slot.cell
-            if not (shown.is_cell or shown.ended or scope.hooked):
-                cell, checked = None, False  # the usual first use: nothing to look up
+                shown = self._slot.cell
+            elif lock is not None:
+                shown = self._slot.cell  # another thread may have made the key's session
+            cell: Cell | None
+            if shown.is_cell and not shown.ended:
+                cell, checked = shown, False  # type: ignore[assignment]  # a Cell
+            elif shown.ended or scope.hooked:
+                cell, checked = scope.resolve(), scope.hooked
             else:
-                cell, checked = self._caller_cell(shown)
+                cell, checked = None, False  # the usual first use: nothing to look up
             if cell is not None and cell.session is not None:
                 if kw:
                     raise already_present()
@@ -317,8 +326,7 @@ class Registry(t.Generic[S]):
                     stacklevel=3,
                 )
             if cell is None:
-                cell = scope.new_cell(self._stats, None, 0, scope.label() if scope.labels else None)
-                scope.install(cell)
+                cell = scope.add_cell(self._stats, None, 0, scope.label() if scope.labels else None)
             elif checked:
                 scope.claim(cell, None)
             if implicit and scope.records_origin:
@@ -335,7 +343,12 @@ class Registry(t.Generic[S]):
     def _take(self) -> S | None:
         """Take the caller's session out of its cell without closing it; a cell
         outside any unit of work is released."""
-        cell, checked = self._caller_cell(self._slot.cell)
+        shown = self._slot.cell
+        if shown.is_cell and not shown.ended:
+            cell: Cell | None = shown  # a Cell (the slot is typed loosely)
+            checked = False
+        else:
+            cell, checked = self._caller_cell(shown)
         if cell is None:
             return None
         session: S | None = cell.take()
@@ -453,8 +466,7 @@ class RegistryView(t.Generic[S]):
         scope = registry._scope
         cell = scope.resolve()
         if cell is None:
-            cell = scope.new_cell(registry._stats, None, 0, scope.label())
-            scope.install(cell)
+            cell = scope.add_cell(registry._stats, None, 0, scope.label())
         cell.session = obj
 
     def clear(self) -> None:

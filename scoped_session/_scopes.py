@@ -126,8 +126,14 @@ class Scope:
         return outer.depth > 0
 
     def new_cell(self, stats: Stats, prev: Cell | None, depth: int, label: object) -> Cell:
-        """A new cell for the caller (installed by the caller)."""
+        """A new cell for the caller, which :meth:`add_cell` installs."""
         return Cell(stats, prev, depth, label, self.ref)
+
+    def add_cell(self, stats: Stats, prev: Cell | None, depth: int, label: object) -> Cell:
+        """A new cell, installed as the caller's (a scope may do both in one step)."""
+        cell = self.new_cell(stats, prev, depth, label)
+        self.install(cell)
+        return cell
 
     def moved(self) -> None:
         """``threading.local`` is no longer the class the slot was made from: see
@@ -141,9 +147,7 @@ class Scope:
         if outer is not None and self.joins(outer) and not (request and outer.handed):
             outer.depth += 1
             return outer
-        cell = self.new_cell(stats, outer, 1, label)
-        self.install(cell)
-        return cell
+        return self.add_cell(stats, outer, 1, label)
 
     def admit(self) -> dict[str, t.Any] | None:
         """Called before a session is made for the caller (when :attr:`admits`):

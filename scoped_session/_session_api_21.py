@@ -33,8 +33,9 @@ if not t.TYPE_CHECKING:
         """What SQLAlchemy's ``scoped_session`` forwards, forwarded as it does.
 
         A subclass provides ``_slot``, whose ``cell.session`` is the caller's session or
-        ``None``, ``_create({})``, which makes it, and the classmethod ``_session_class()``,
-        which returns :class:`sqlalchemy.orm.Session` (imported on first use).
+        ``None``, ``_create({}, cell)``, which makes it from the cell the slot showed, and the
+        classmethod ``_session_class()``, which returns :class:`sqlalchemy.orm.Session`
+        (imported on first use).
         """
 
         __slots__ = ()
@@ -44,39 +45,48 @@ if not t.TYPE_CHECKING:
 
         def __contains__(self, instance: object) -> bool:
             """Call :meth:`sqlalchemy.orm.Session.__contains__` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).__contains__(instance)
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).__contains__(instance)
 
         def __iter__(self) -> Iterator[object]:
             """Call :meth:`sqlalchemy.orm.Session.__iter__` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).__iter__()
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).__iter__()
 
         def add(self, instance: object, *, _warn: bool = True) -> None:
             """Call :meth:`sqlalchemy.orm.Session.add` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).add(instance, _warn=_warn)
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).add(instance, _warn=_warn)
 
         def add_all(self, instances: Iterable[object]) -> None:
             """Call :meth:`sqlalchemy.orm.Session.add_all` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).add_all(instances)
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).add_all(instances)
 
         def begin(self, nested: bool = False) -> SessionTransaction:
             """Call :meth:`sqlalchemy.orm.Session.begin` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).begin(nested=nested)
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).begin(nested=nested)
 
         def begin_nested(self) -> SessionTransaction:
             """Call :meth:`sqlalchemy.orm.Session.begin_nested` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).begin_nested()
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).begin_nested()
 
         def close(self) -> None:
             """Call :meth:`sqlalchemy.orm.Session.close` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).close()
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).close()
 
         def reset(self) -> None:
             """Call :meth:`sqlalchemy.orm.Session.reset` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).reset()
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).reset()
 
         def commit(self) -> None:
             """Call :meth:`sqlalchemy.orm.Session.commit` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).commit()
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).commit()
 
         def connection(
             self,
@@ -84,17 +94,20 @@ if not t.TYPE_CHECKING:
             execution_options: Optional[CoreExecuteOptionsParameter] = None,
         ) -> Connection:
             """Call :meth:`sqlalchemy.orm.Session.connection` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).connection(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).connection(
                 bind_arguments=bind_arguments, execution_options=execution_options
             )
 
         def delete(self, instance: object) -> None:
             """Call :meth:`sqlalchemy.orm.Session.delete` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).delete(instance)
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).delete(instance)
 
         def delete_all(self, instances: Iterable[object]) -> None:
             """Call :meth:`sqlalchemy.orm.Session.delete_all` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).delete_all(instances)
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).delete_all(instances)
 
         def execute(
             self,
@@ -107,7 +120,8 @@ if not t.TYPE_CHECKING:
             _add_event: Optional[Any] = None,
         ) -> Result[Unpack[TupleAny]]:
             """Call :meth:`sqlalchemy.orm.Session.execute` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).execute(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).execute(
                 statement,
                 params=params,
                 execution_options=execution_options,
@@ -118,25 +132,30 @@ if not t.TYPE_CHECKING:
 
         def expire(self, instance: object, attribute_names: Optional[Iterable[str]] = None) -> None:
             """Call :meth:`sqlalchemy.orm.Session.expire` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).expire(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).expire(
                 instance, attribute_names=attribute_names
             )
 
         def expire_all(self) -> None:
             """Call :meth:`sqlalchemy.orm.Session.expire_all` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).expire_all()
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).expire_all()
 
         def expunge(self, instance: object) -> None:
             """Call :meth:`sqlalchemy.orm.Session.expunge` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).expunge(instance)
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).expunge(instance)
 
         def expunge_all(self) -> None:
             """Call :meth:`sqlalchemy.orm.Session.expunge_all` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).expunge_all()
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).expunge_all()
 
         def flush(self, objects: Optional[Sequence[Any]] = None) -> None:
             """Call :meth:`sqlalchemy.orm.Session.flush` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).flush(objects=objects)
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).flush(objects=objects)
 
         def get(
             self,
@@ -151,7 +170,8 @@ if not t.TYPE_CHECKING:
             bind_arguments: Optional[_BindArguments] = None,
         ) -> Optional[_O]:
             """Call :meth:`sqlalchemy.orm.Session.get` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).get(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).get(
                 entity,
                 ident,
                 options=options,
@@ -175,7 +195,8 @@ if not t.TYPE_CHECKING:
             bind_arguments: Optional[_BindArguments] = None,
         ) -> _O:
             """Call :meth:`sqlalchemy.orm.Session.get_one` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).get_one(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).get_one(
                 entity,
                 ident,
                 options=options,
@@ -197,7 +218,8 @@ if not t.TYPE_CHECKING:
             **kw: Any,
         ) -> Union[Engine, Connection]:
             """Call :meth:`sqlalchemy.orm.Session.get_bind` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).get_bind(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).get_bind(
                 mapper=mapper,
                 clause=clause,
                 bind=bind,
@@ -208,7 +230,8 @@ if not t.TYPE_CHECKING:
 
         def is_modified(self, instance: object, include_collections: bool = True) -> bool:
             """Call :meth:`sqlalchemy.orm.Session.is_modified` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).is_modified(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).is_modified(
                 instance, include_collections=include_collections
             )
 
@@ -220,7 +243,8 @@ if not t.TYPE_CHECKING:
             preserve_order: bool = True,
         ) -> None:
             """Call :meth:`sqlalchemy.orm.Session.bulk_save_objects` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).bulk_save_objects(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).bulk_save_objects(
                 objects,
                 return_defaults=return_defaults,
                 update_changed_only=update_changed_only,
@@ -235,7 +259,8 @@ if not t.TYPE_CHECKING:
             render_nulls: bool = False,
         ) -> None:
             """Call :meth:`sqlalchemy.orm.Session.bulk_insert_mappings` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).bulk_insert_mappings(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).bulk_insert_mappings(
                 mapper, mappings, return_defaults=return_defaults, render_nulls=render_nulls
             )
 
@@ -243,15 +268,15 @@ if not t.TYPE_CHECKING:
             self, mapper: _EntityBindKey[Any], mappings: Iterable[Dict[str, Any]]
         ) -> None:
             """Call :meth:`sqlalchemy.orm.Session.bulk_update_mappings` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).bulk_update_mappings(
-                mapper, mappings
-            )
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).bulk_update_mappings(mapper, mappings)
 
         def merge(
             self, instance: _O, *, load: bool = True, options: Optional[Sequence[ORMOption]] = None
         ) -> _O:
             """Call :meth:`sqlalchemy.orm.Session.merge` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).merge(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).merge(
                 instance, load=load, options=options
             )
 
@@ -263,13 +288,15 @@ if not t.TYPE_CHECKING:
             options: Optional[Sequence[ORMOption]] = None,
         ) -> Sequence[_O]:
             """Call :meth:`sqlalchemy.orm.Session.merge_all` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).merge_all(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).merge_all(
                 instances, load=load, options=options
             )
 
         def query(self, *entities: _ColumnsClauseArgument[Any], **kwargs: Any) -> Query[Any]:
             """Call :meth:`sqlalchemy.orm.Session.query` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).query(*entities, **kwargs)
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).query(*entities, **kwargs)
 
         def refresh(
             self,
@@ -278,13 +305,15 @@ if not t.TYPE_CHECKING:
             with_for_update: ForUpdateParameter = None,
         ) -> None:
             """Call :meth:`sqlalchemy.orm.Session.refresh` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).refresh(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).refresh(
                 instance, attribute_names=attribute_names, with_for_update=with_for_update
             )
 
         def rollback(self) -> None:
             """Call :meth:`sqlalchemy.orm.Session.rollback` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).rollback()
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).rollback()
 
         def scalar(
             self,
@@ -296,7 +325,8 @@ if not t.TYPE_CHECKING:
             **kw: Any,
         ) -> Any:
             """Call :meth:`sqlalchemy.orm.Session.scalar` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).scalar(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).scalar(
                 statement,
                 params=params,
                 execution_options=execution_options,
@@ -314,7 +344,8 @@ if not t.TYPE_CHECKING:
             **kw: Any,
         ) -> ScalarResult[Any]:
             """Call :meth:`sqlalchemy.orm.Session.scalars` on the caller's session."""
-            return (self._slot.cell.session or self._create({})).scalars(
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).scalars(
                 statement,
                 params=params,
                 execution_options=execution_options,
@@ -325,79 +356,95 @@ if not t.TYPE_CHECKING:
         @property
         def bind(self) -> Optional[Union[Engine, Connection]]:
             """The caller's session's :attr:`~sqlalchemy.orm.Session.bind`; settable."""
-            return (self._slot.cell.session or self._create({})).bind
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).bind
 
         @bind.setter
         def bind(self, attr: Optional[Union[Engine, Connection]]) -> None:
-            (self._slot.cell.session or self._create({})).bind = attr
+            shown = self._slot.cell
+            (shown.session or self._create({}, shown)).bind = attr
 
         @property
         def binds(self) -> Mapping[_SessionBindKey, _SessionBind]:
             """The caller's session's :attr:`~sqlalchemy.orm.Session.binds`; settable."""
-            return (self._slot.cell.session or self._create({})).binds
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).binds
 
         @binds.setter
         def binds(self, attr: Mapping[_SessionBindKey, _SessionBind]) -> None:
-            (self._slot.cell.session or self._create({})).binds = attr
+            shown = self._slot.cell
+            (shown.session or self._create({}, shown)).binds = attr
 
         @property
         def dirty(self) -> IdentitySet:
             """The caller's session's :attr:`~sqlalchemy.orm.Session.dirty`."""
-            return (self._slot.cell.session or self._create({})).dirty
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).dirty
 
         @property
         def deleted(self) -> IdentitySet:
             """The caller's session's :attr:`~sqlalchemy.orm.Session.deleted`."""
-            return (self._slot.cell.session or self._create({})).deleted
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).deleted
 
         @property
         def new(self) -> IdentitySet:
             """The caller's session's :attr:`~sqlalchemy.orm.Session.new`."""
-            return (self._slot.cell.session or self._create({})).new
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).new
 
         @property
         def identity_map(self) -> IdentityMap:
             """The caller's session's :attr:`~sqlalchemy.orm.Session.identity_map`; settable."""
-            return (self._slot.cell.session or self._create({})).identity_map
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).identity_map
 
         @identity_map.setter
         def identity_map(self, attr: IdentityMap) -> None:
-            (self._slot.cell.session or self._create({})).identity_map = attr
+            shown = self._slot.cell
+            (shown.session or self._create({}, shown)).identity_map = attr
 
         @property
         def is_active(self) -> bool:
             """The caller's session's :attr:`~sqlalchemy.orm.Session.is_active`."""
-            return (self._slot.cell.session or self._create({})).is_active
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).is_active
 
         @property
         def autoflush(self) -> bool:
             """The caller's session's :attr:`~sqlalchemy.orm.Session.autoflush`; settable."""
-            return (self._slot.cell.session or self._create({})).autoflush
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).autoflush
 
         @autoflush.setter
         def autoflush(self, attr: bool) -> None:
-            (self._slot.cell.session or self._create({})).autoflush = attr
+            shown = self._slot.cell
+            (shown.session or self._create({}, shown)).autoflush = attr
 
         @property
         def no_autoflush(self) -> Any:
             """The caller's session's :attr:`~sqlalchemy.orm.Session.no_autoflush`."""
-            return (self._slot.cell.session or self._create({})).no_autoflush
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).no_autoflush
 
         @property
         def info(self) -> _InfoType:
             """The caller's session's :attr:`~sqlalchemy.orm.Session.info`."""
-            return (self._slot.cell.session or self._create({})).info
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).info
 
         @property
         def execution_options(self) -> _ExecuteOptions:
             """The caller's session's :attr:`~sqlalchemy.orm.Session.execution_options`;
             settable.
             """
-            return (self._slot.cell.session or self._create({})).execution_options
+            shown = self._slot.cell
+            return (shown.session or self._create({}, shown)).execution_options
 
         @execution_options.setter
         def execution_options(self, attr: _ExecuteOptions) -> None:
-            (self._slot.cell.session or self._create({})).execution_options = attr
+            shown = self._slot.cell
+            (shown.session or self._create({}, shown)).execution_options = attr
 
         @classmethod
         def object_session(cls, instance: object) -> Optional[Session]:

@@ -50,12 +50,25 @@ class ConcurrentUseWarning(RuntimeWarning):
     """A session was reached by one task while another task was using it."""
 
 
+#: The running loop of this thread, or ``None`` (never raises).
+_running_loop = asyncio.events._get_running_loop
+#: The task running on a loop, or ``None`` for none (or for a ``None`` loop):
+#: ``asyncio.current_task(loop)`` without its Python frame. On 3.11 that function
+#: is Python code around this dict of asyncio's (3.12 made it C); the proxy reads
+#: it on every call, so the dict's own ``get`` is used where asyncio has it.
+_task_of: t.Callable[[asyncio.AbstractEventLoop | None], Task | None]
+_current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
+if isinstance(_current_tasks, dict):
+    _task_of = _current_tasks.get
+else:  # pragma: no cover - an asyncio without the dict
+
+    def _task_of(loop: asyncio.AbstractEventLoop | None) -> Task | None:
+        return None if loop is None else asyncio.current_task(loop)
+
+
 def owner() -> Task | None:
     """The calling task, or None outside any task."""
-    try:
-        return asyncio.current_task()
-    except RuntimeError:  # no running event loop
-        return None
+    return _task_of(_running_loop())
 
 
 class Marker:
@@ -88,6 +101,7 @@ class AsyncCell(Cell):
 
     __slots__ = ("gate", "loop", "reaper", "task", "users")
 
+    loop: asyncio.AbstractEventLoop | None
     task: Task | Marker | None
     gate: Task | Marker | None
     users: weakref.WeakSet[Task] | None
@@ -101,14 +115,8 @@ class AsyncCell(Cell):
         home: t.Callable[[], Home | None] | None = None,
     ) -> None:
         super().__init__(stats, prev, depth, label, home)
-        # owner() and the running loop in one try: a task's first session makes one.
-        self.loop: asyncio.AbstractEventLoop | None
-        try:
-            self.loop = loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.loop = self.task = self.gate = None
-        else:
-            self.task = self.gate = asyncio.current_task(loop)
+        self.loop = loop = _running_loop()
+        self.task = self.gate = _task_of(loop)
         self.users = None
         #: The done callback that closes what its task leaves behind, if any.
         self.reaper: t.Callable[[Task], None] | None = None
@@ -197,12 +205,9 @@ class _TaskSlot(NoCell):
     @property
     def cell(self) -> Cell | NoCell:
         cell = self.var.get()
-        if cell is not None:
-            try:
-                if cell.gate is asyncio.current_task():
-                    return cell
-            except RuntimeError:  # no running event loop
-                pass
+        # Outside any task the gate of a cell made there (None) matches too.
+        if cell is not None and cell.gate is _task_of(_running_loop()):
+            return cell
         return self
 
 
@@ -238,12 +243,11 @@ class TaskScope(Scope):
     def resolve(self) -> Cell | None:
         """The caller's cell: an open unit visible in its context, or a session it
         made itself; dead entries are dropped from the caller's context."""
-        try:
-            me = asyncio.current_task()
-        except RuntimeError:  # no running event loop
-            me = None
         # Typed loosely: casts are calls at run time, and this is the hot path.
         cell: t.Any = self.var.get()
+        if cell is None:
+            return None  # a task's first session: nothing to look up
+        me = _task_of(_running_loop())
         top = cell
         while cell is not None:
             if cell.ended:
@@ -264,7 +268,9 @@ class TaskScope(Scope):
         async_cell: t.Any = outer
         return bool(outer.depth) and async_cell.task is owner()
 
-    def new_cell(self, stats: Stats, prev: Cell | None, depth: int, label: object) -> Cell:
+    def add_cell(self, stats: Stats, prev: Cell | None, depth: int, label: object) -> Cell:
+        # One step (a task's first session, every request's unit): made, tracked
+        # and set in the caller's context.
         cell = AsyncCell(stats, prev, depth, label, self.ref)
         task = cell.task
         if not depth and isinstance(task, asyncio.Task):
@@ -273,6 +279,8 @@ class TaskScope(Scope):
             # it off again: a task that removed its session leaves nothing to do.
             cell.reaper = reaper = functools.partial(_reap_at_task_end, cell)
             task.add_done_callback(reaper)
+        self.tracked.add(cell)
+        self.var.set(cell)
         return cell
 
     releases = True
@@ -293,7 +301,7 @@ class TaskScope(Scope):
     def leave(self, cell: Cell) -> None:
         async_cell: t.Any = cell  # an AsyncCell; not a cast, which is a call
         async_cell.gate = FINISHED
-        if self.var.get() is cell and owner() is async_cell.task:
+        if self.var.get() is cell and _task_of(_running_loop()) is async_cell.task:
             self.var.set(async_cell.prev)
             cell.prev = None
 
@@ -301,10 +309,7 @@ class TaskScope(Scope):
         """``me`` reaches a cell another task made (a unit's): from now on every use
         of it is checked, and this one is checked against the others."""
         async_cell: t.Any = cell
-        try:
-            me = asyncio.current_task()
-        except RuntimeError:  # no running event loop
-            return
+        me = _task_of(_running_loop())
         if async_cell.gate is me or me is None:
             return  # its own; or a thread in a copied context: nothing to compare with
         async_cell.gate = SHARED

@@ -433,7 +433,7 @@ class _Probe:
         self.current_calls = 0
         self._slot = _ProbeSlot(self)
 
-    def _create(self, kw: dict[str, object]) -> object:
+    def _create(self, kw: dict[str, object], shown: object) -> object:
         raise AssertionError("the probe's session is always there")
 
     @classmethod

@@ -50,8 +50,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 LINE_LENGTH = 100
 INDENT = "    "
 #: What every forwarder calls: the caller's session, read as ``Registry._current()``
-#: reads it, inline (a call would be most of a forwarder's cost).
-SESSION = "(self._slot.cell.session or self._create({}))"
+#: reads it, inline (a call would be most of a forwarder's cost), after ``SHOWN``.
+SHOWN = "shown = self._slot.cell"
+SESSION = "(shown.session or self._create({}, shown))"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,7 +380,7 @@ def _member(kind: Kind, member: Member, indent: str) -> list[str]:
     name = member.name
     if member.kind == "property":
         lines = [f"{indent}@property", f"{indent}def {name}(self) -> {member.getter_type}:"]
-        lines += [*doc, f"{body}return {SESSION}.{name}"]
+        lines += [*doc, f"{body}{SHOWN}", f"{body}return {SESSION}.{name}"]
         if member.setter is not None:
             value = member.setter.name
             annotation = _annotation_text(member.setter.annotation)
@@ -387,7 +388,7 @@ def _member(kind: Kind, member: Member, indent: str) -> list[str]:
             lines += _bracketed(
                 f"def {name}", ["self", f"{value}: {annotation}"], " -> None:", indent
             )
-            lines.append(f"{body}{SESSION}.{name} = {value}")
+            lines += [f"{body}{SHOWN}", f"{body}{SESSION}.{name} = {value}"]
         return lines
     assert member.function is not None
     parameters, arguments = _parameters(member)
@@ -396,8 +397,10 @@ def _member(kind: Kind, member: Member, indent: str) -> list[str]:
     lines = [f"{indent}@classmethod"] if member.kind == "classmethod" else []
     lines += _bracketed(f"def {name}", parameters, f"{arrow}:", indent)
     lines += doc
-    target = "cls._session_class()" if member.kind == "classmethod" else SESSION
-    return lines + _bracketed(f"return {target}.{name}", arguments, "", body)
+    if member.kind == "classmethod":
+        return lines + _bracketed(f"return cls._session_class().{name}", arguments, "", body)
+    lines.append(f"{body}{SHOWN}")
+    return lines + _bracketed(f"return {SESSION}.{name}", arguments, "", body)
 
 
 def _proxy_class(kind: Kind, members: list[Member], unforwarded: list[Unforwarded]) -> list[str]:
@@ -408,7 +411,8 @@ def _proxy_class(kind: Kind, members: list[Member], unforwarded: list[Unforwarde
             f"What SQLAlchemy's ``{kind.proxy_class}`` forwards, forwarded as it does.",
             indent,
             "A subclass provides ``_slot``, whose ``cell.session`` is the caller's session or "
-            "``None``, ``_create({})``, which makes it, and the classmethod "
+            "``None``, ``_create({}, cell)``, which makes it from the cell the slot showed, "
+            "and the classmethod "
             f"``_session_class()``, which returns :class:`{kind.public_path}` (imported on "
             "first use).",
         ),
