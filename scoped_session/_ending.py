@@ -24,7 +24,6 @@ them, before a response's status goes out.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import typing as t
 
@@ -140,7 +139,8 @@ async def end_sessions_async(
     close: bool = True,
     run: Runner | None = None,
 ) -> int:
-    """:func:`end_sessions` for async sessions: the same steps, each awaited.
+    """:func:`end_sessions` for async sessions: the same steps, each awaited
+    (a step that returns ``None``, a sync session's, is done).
 
     :param run: performs a step instead (called with the bound method, it returns
         an awaitable): the ASGI middleware runs a sync session's on a thread.
@@ -151,7 +151,7 @@ async def end_sessions_async(
     for session in sessions:
         if committing:
             try:
-                step = _step(session.commit, run)
+                step = session.commit() if run is None else run(session.commit)
                 if step is not None:
                     await step
             except BaseException as exc:
@@ -162,7 +162,7 @@ async def end_sessions_async(
                 committed += 1
         if close:
             try:
-                step = _step(session.close, run)
+                step = session.close() if run is None else run(session.close)
                 if step is not None:
                     await step
             except BaseException as exc:
@@ -173,15 +173,6 @@ async def end_sessions_async(
     if ending is not None:
         ending.finish()
     return committed
-
-
-def _step(method: t.Callable[[], object], run: Runner | None) -> t.Awaitable[object] | None:
-    """Start one step: call ``method`` (or hand it to ``run``) and return what is
-    to be awaited, if anything."""
-    if run is not None:
-        return run(method)
-    result = method()
-    return result if inspect.isawaitable(result) else None
 
 
 def _held(cells: t.Iterable[Cell]) -> list[t.Any]:
@@ -253,7 +244,11 @@ async def end_units_async(
 ) -> int:
     """:func:`end_units` for units whose sessions' steps are awaited (or run by
     ``run``, see :func:`end_sessions_async`)."""
-    sessions = [session for cell in cells if (session := cell.detach()) is not None]
+    sessions = []
+    for cell in cells:  # a loop, not a comprehension: no function call on 3.11
+        session = cell.detach()
+        if session is not None:
+            sessions.append(session)
     if not sessions:
         return 0
     return await end_sessions_async(sessions, commit=commit, error=error, where=where, run=run)

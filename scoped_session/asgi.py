@@ -81,18 +81,17 @@ async def _run(method: t.Callable[[], object]) -> None:
         await _in_thread(method)
 
 
-async def _to_end(ending: t.Coroutine[t.Any, t.Any, R]) -> R:
-    """Await ``ending`` to its end even if the caller is cancelled meanwhile, as
-    ``run_to_end`` does, but without a task of its own when it finishes without
-    waiting (async sessions with nothing to flush, no session made): nothing can
-    cancel a step that never suspends, and a task costs two trips through the
-    event loop per request."""
+def _to_end(ending: t.Coroutine[t.Any, t.Any, object]) -> t.Awaitable[object] | None:
+    """Start ``ending``: ``None`` when it finished without waiting (async sessions
+    with nothing to flush, no session made), else what awaits the rest to its end
+    even if the caller is cancelled meanwhile (``run_to_end``). Nothing can cancel
+    a step that never suspends, and a task costs two trips through the event loop
+    per request. A failure of a step that did not wait is raised here."""
     try:
         waiting = ending.send(None)
-    except StopIteration as done:
-        result: R = done.value
-        return result
-    return await run_to_end(_resume(ending, waiting))
+    except StopIteration:
+        return None
+    return run_to_end(_resume(ending, waiting))
 
 
 async def _resume(ending: t.Coroutine[t.Any, t.Any, R], waiting: object) -> R:
@@ -180,30 +179,14 @@ class ScopedSessionMiddleware:
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http":
-            # Awaited as it is, not through a coroutine of its own: every request
-            # would make one more.
-            await self._http(scope, receive, send)
-        elif kind == "websocket":
-            await self._websocket(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
-
-    def _start(self) -> list[Cell]:
-        # Opening a unit is bookkeeping only (no I/O), in the request's task: the
-        # sync endpoints' threads get a copy of its context, hence its sessions.
-        # So is undoing it, before any session was made: no await needed.
-        started: list[Cell] = []
-        try:
-            for scoped in self.sessions:
-                started.append(open_unit(scoped))
-        except BaseException:
-            for cell in reversed(started):
-                cell.detach()
-            raise
-        return started
-
-    async def _http(self, scope: Message, receive: Receive, send: Send) -> None:
+        if kind != "http":
+            if kind == "websocket":
+                await self._websocket(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        # An HTTP request, here rather than in a coroutine of its own: every request
+        # would make one more.
         units = self._start()
         passage = _Passage(units, _Where((scope,)), self._run, send, self.commit)
         try:
@@ -221,7 +204,22 @@ class ScopedSessionMiddleware:
             failures = await _end_all(units, False, passage.where, passage.run)
             if passage.held is not None:
                 await send(passage.held)
-        raise_failures(failures, passage.where)
+        if failures:
+            raise_failures(failures, passage.where)
+
+    def _start(self) -> list[Cell]:
+        # Opening a unit is bookkeeping only (no I/O), in the request's task: the
+        # sync endpoints' threads get a copy of its context, hence its sessions.
+        # So is undoing it, before any session was made: no await needed.
+        started: list[Cell] = []
+        try:
+            for scoped in self.sessions:
+                started.append(open_unit(scoped))
+        except BaseException:
+            for cell in reversed(started):
+                cell.detach()
+            raise
+        return started
 
     async def _websocket(self, scope: Message, receive: Receive, send: Send) -> None:
         units = self._start()
@@ -283,7 +281,9 @@ class _Passage:
         if held is not None:
             if self.commit:
                 try:
-                    await _to_end(commit_units_async(self.units, where=self.where, run=self.run))
+                    rest = _to_end(commit_units_async(self.units, where=self.where, run=self.run))
+                    if rest is not None:
+                        await rest
                 except BaseException:
                     self.held, self.commit = None, False
                     raise
@@ -328,7 +328,9 @@ async def _end_all(
     cancellation is re-raised after). The policy's failure is returned, not raised:
     the app's send() must not fail for it."""
     try:
-        await _to_end(end_units_async(units, commit=commit, error=error, where=where, run=run))
+        rest = _to_end(end_units_async(units, commit=commit, error=error, where=where, run=run))
+        if rest is not None:
+            await rest
     except asyncio.CancelledError:
         raise
     except BaseException as exc:
