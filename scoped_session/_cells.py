@@ -20,7 +20,7 @@ import threading
 import types
 import typing as t
 
-__all__ = ["EMPTY", "Cell", "Home", "NoCell", "Stats", "describe", "origin_text"]
+__all__ = ["EMPTY", "GIL", "Cell", "Home", "NoCell", "Stats", "describe", "origin_text"]
 
 logger = logging.getLogger("scoped_session")
 
@@ -31,7 +31,7 @@ _inherited: list[object] = []
 
 #: Whether the GIL serializes threads (a free-threaded build can turn it on at run
 #: time, never off): :meth:`Cell.take` needs a lock of its own without it.
-_GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
+GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
 _take_lock = threading.Lock()
 
 
@@ -142,7 +142,7 @@ class Cell:
             scope.leave(self)
         return session
 
-    if _GIL:
+    if GIL:
 
         def take(self) -> t.Any:
             """Empty the cell and return what it held (``None`` when empty).

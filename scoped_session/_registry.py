@@ -23,7 +23,7 @@ import weakref
 
 from . import _events
 from ._arguments import check_flag, sqlalchemy_module
-from ._cells import Cell, NoCell, Stats, describe, origin_text
+from ._cells import GIL, Cell, NoCell, Stats, describe, origin_text
 from ._exceptions import NoScopeError, ScopedSessionWarning, already_present, compatible
 from ._scopes import ContextScope, KeyedScope, Scope, ThreadScope
 
@@ -300,7 +300,7 @@ class Registry(t.Generic[S]):
                 if scoped_kw:
                     kw = {**scoped_kw, **kw} if kw else scoped_kw
             # Made before the registry is touched: a factory that raises leaves nothing.
-            session = self.session_factory(**kw)
+            session = self.session_factory(**kw) if kw else self.session_factory()
             if session is None:
                 raise TypeError(
                     "The session factory returned None; it must return a new session"
@@ -351,7 +351,12 @@ class Registry(t.Generic[S]):
             cell, checked = self._caller_cell(shown)
         if cell is None:
             return None
-        session: S | None = cell.take()
+        session: S | None
+        if GIL:  # Cell.take(), inline: no other thread runs between the two lines
+            session = cell.session
+            cell.session = None
+        else:  # pragma: no cover - free-threaded builds
+            session = cell.take()
         scope = self._scope
         if session is not None and checked:
             scope.claim(cell, session)
