@@ -31,29 +31,34 @@ body ran to its end.
 
 from __future__ import annotations
 
+import logging
+import sys
+import threading
 import typing as t
+import warnings
 
 from ._arguments import check_flag, registries
 from ._cells import Cell
-from ._ending import end_units
+from ._ending import commit_units, end_units
 from ._proxy import ScopedSession
 from ._registry import open_unit
-from ._wsgi_response import (
-    CommittingResponse,
-    Gate,
-    Request,
-    Response,
-    Veto,
-    close_quietly,
-    roll_back,
-)
 
 if t.TYPE_CHECKING:
+    from _typeshed import OptExcInfo
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 __all__ = ["ScopedSessionMiddleware"]
 
+logger = logging.getLogger("scoped_session")
+
+Veto = t.Callable[["WSGIEnvironment", str, list[tuple[str, str]]], object]
 Units = tuple[Cell, ...]
+
+#: A response's units are claimed by reading its slot and emptying it. With the
+#: GIL no other thread runs between the two statements (no call, allocation or
+#: check of the eval breaker, as in ``Cell.take``); a free-threaded build takes
+#: this lock around them.
+_claim_lock = None if getattr(sys, "_is_gil_enabled", lambda: True)() else threading.Lock()
 
 
 class ScopedSessionMiddleware:
@@ -124,59 +129,43 @@ class ScopedSessionMiddleware:
             if single is not None
             else _start(self.sessions, where)
         )
+        # One path per setting, each with no call it does not need: every
+        # request runs one of them.
+        gate = None
         if self.commit:
-            return self._call_committing(environ, start_response, units, where)
+            gate = CommittingResponse(self.veto, environ, start_response, units, where)
+            start_response = gate.start_response
         try:
             body = self.app(environ, start_response)
         except BaseException as exc:
             roll_back(units, where, exc)
             raise
         kind = type(body)
-        if kind is list or kind is tuple or kind is environ.get("wsgi.file_wrapper"):
-            # Finished before it was returned: nothing of the app runs later.
-            try:
-                end_units(units, commit=False, where=where)
-            except BaseException:
-                close_quietly(body)
-                raise
-            return body
         try:
-            response = Response(body, iter(body).__next__, units, where)
+            if kind is list or kind is tuple or kind is environ.get("wsgi.file_wrapper"):
+                # Finished before it was returned: nothing of the app runs later,
+                # so its units end now (committed first, when decided so), and
+                # then the status goes through.
+                if gate is None:
+                    end_units(units, commit=False, where=where)
+                    return body
+                if gate.status is not None:
+                    gate.settle(end=True)
+                    return body
+                # No status yet: it comes as the body is read, as a stream's does.
+            if gate is None:
+                return Response(body, iter(body), units, where)
+            # The gate becomes the response (as Response.__init__ makes one).
+            gate._chunks = iter(body)
+            gate._body = body
+            for cell in units:
+                cell.handed = True
+            gate._units = units
+            return gate
         except BaseException as exc:
             close_quietly(body)
             roll_back(units, where, exc)
             raise
-        return response
-
-    def _call_committing(
-        self,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-        units: Units,
-        where: Request,
-    ) -> t.Iterable[bytes]:
-        gate = Gate(self.veto, environ, start_response, units, where)
-        try:
-            body = self.app(environ, gate.start_response)
-        except BaseException as exc:
-            roll_back(units, where, exc)
-            raise
-        try:
-            kind = type(body)
-            if gate.status is not None and (
-                kind is list or kind is tuple or kind is environ.get("wsgi.file_wrapper")
-            ):
-                # A finished body: commit (or roll back) and end now, then let
-                # the status through.
-                end_units(units, commit=gate.decide(), where=where)
-                gate.send()
-                return body
-            response = CommittingResponse(body, iter(body).__next__, units, where, gate)
-        except BaseException as exc:
-            close_quietly(body)
-            roll_back(units, where, exc)
-            raise
-        return response
 
 
 def _start(sessions: tuple[ScopedSession[t.Any], ...], where: Request) -> Units:
@@ -188,3 +177,272 @@ def _start(sessions: tuple[ScopedSession[t.Any], ...], where: Request) -> Units:
         roll_back(tuple(started), where, exc)
         raise
     return tuple(started)
+
+
+class Request(tuple["WSGIEnvironment", str]):
+    """Names a request in messages ("GET /notes"; with a prefix, "the request GET
+    /notes"), formatted only when one is written: ``Request((environ, prefix))``.
+    A tuple, made without a call of Python code: every request makes one."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        environ, prefix = self
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        return f"{prefix}{environ.get('REQUEST_METHOD', '?')} {path}"
+
+
+def roll_back(units: Units, where: Request, error: BaseException) -> None:
+    """Roll back and end every unit after the request failed with ``error``; their
+    failures are logged, never raised, so that the request's own error propagates."""
+    end_units(units, commit=False, error=error, where=where)
+
+
+def close_quietly(body: object) -> None:
+    close = getattr(body, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            logger.error("Closing the response iterable failed.", exc_info=True)
+
+
+class Response:
+    """The response iterable of a streamed body: ends the request's units when
+    the server closes it, or at once when the body raises."""
+
+    __slots__ = ("_body", "_chunks", "_commits", "_units", "_where")
+
+    #: The units to end, until one of close(), a failure or the finalizer claims
+    #: them (exactly once, see ``_claim_lock``): ``None`` after that, or before
+    #: the response is handed to the server.
+    _units: Units | None
+    _body: t.Iterable[bytes]
+    _chunks: t.Iterator[bytes]
+
+    def __init__(
+        self,
+        body: t.Iterable[bytes],
+        chunks: t.Iterator[bytes],
+        units: Units,
+        where: Request,
+    ) -> None:
+        self._body = body
+        self._chunks = chunks
+        self._where = where
+        #: Whether close() commits: the stream ran to its end and its view's
+        #: writes were committed (``commit=True`` only).
+        self._commits = False
+        # A later request on the same slot is one of its own: it never joins or
+        # ends these units, which this response ends.
+        for cell in units:
+            cell.handed = True
+        self._units = units
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        # A generator: the server resumes it without a method lookup, and the
+        # end of the body stops it without a StopIteration object. Not "yield
+        # from": a dropped iterator would close the app's iterator then, before
+        # the server's close() and outside of it.
+        try:
+            for chunk in self._chunks:  # noqa: UP028
+                yield chunk
+        except GeneratorExit:  # the iterator was dropped: close() ends the units
+            raise
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+
+    def _claim(self) -> Units | None:
+        """The units, to the first caller; ``None`` to any later one."""
+        if _claim_lock is None:
+            units = self._units
+            self._units = None
+            return units
+        with _claim_lock:  # pragma: no cover - free-threaded builds
+            units = self._units
+            self._units = None
+        return units  # pragma: no cover
+
+    def _fail(self, error: BaseException) -> None:
+        """The body raised: close it and roll back now, not at ``close()``."""
+        units = self._claim()
+        if units is not None:
+            close_quietly(self._body)
+            roll_back(units, self._where, error)
+
+    def close(self) -> None:
+        """Close the app's iterable, then end the request's units.
+
+        The server calls this, from any thread; calling it again does nothing.
+        """
+        if _claim_lock is None:  # _claim(), inlined: every request ends here
+            units = self._units
+            self._units = None
+        else:  # pragma: no cover - free-threaded builds
+            units = self._claim()
+        if units is None:
+            return
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            try:
+                close()
+            except BaseException as exc:
+                roll_back(units, self._where, exc)
+                raise
+        end_units(units, commit=self._commits, where=self._where)
+
+    def __del__(self) -> None:
+        # Nothing else refers to a dying response: no claim needed.
+        units = self._units
+        if units is None:
+            return
+        self._units = None
+        try:
+            if any(not cell.ended for cell in units):
+                message = (
+                    f"The response to {Request((self._where[0], ''))} was garbage collected"
+                    " without close(); its database sessions were closed now (rolled"
+                    " back). A WSGI server must call close() on the response iterable"
+                    " (PEP 3333): use a server that does, or call close() on the"
+                    " response where it is consumed."
+                )
+                # Logged as well: a ResourceWarning is hidden by default.
+                logger.warning("%s", message)
+                warnings.warn(message, ResourceWarning, source=self, stacklevel=1)
+        finally:
+            try:
+                close = getattr(self._body, "close", None)
+                if close is not None:
+                    try:
+                        close()
+                    except BaseException as exc:
+                        roll_back(units, self._where, exc)
+                        raise
+                end_units(units, commit=False, where=self._where, reaped=True)
+            except Exception:
+                logger.error("Ending a collected response's unit of work failed.", exc_info=True)
+
+
+class CommittingResponse(Response):
+    """``commit=True``: holds the app's status until the sessions are committed
+    (its :meth:`start_response` is the one the app sees), and is the response
+    iterable of a streamed body, whose first chunk commits (or rolls back)
+    before the status goes out; ``close()`` commits what the stream wrote when
+    it ran to its end. Made before the app runs, it becomes the response only
+    for a streamed body: the middleware hands that over as Response.__init__
+    does."""
+
+    __slots__ = (
+        "_cells",
+        "_environ",
+        "_start_response",
+        "_veto",
+        "_write",
+        "decision",
+        "exc_info",
+        "headers",
+        "sent",
+        "status",
+    )
+
+    def __init__(
+        self,
+        veto: Veto | None,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        units: Units,
+        where: Request,
+    ) -> None:
+        self._veto = veto
+        self._environ = environ
+        self._start_response = start_response
+        self._cells = units
+        self._where = where
+        self._units = None  # not a response (yet): nothing for the finalizer
+        self._commits = False
+        self._write: t.Callable[[bytes], object] | None = None
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.exc_info: OptExcInfo | None = None
+        self.sent = False
+        #: Whether the view's writes are committed: None until decided.
+        self.decision: bool | None = None
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        try:
+            for chunk in self._chunks:
+                if not self.sent:
+                    self.settle()
+                yield chunk
+            if not self.sent:
+                self.settle()
+            # Ran to its end: close() commits what the stream wrote.
+            self._commits = self.decision is True
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: OptExcInfo | None = None,
+        /,
+    ) -> t.Callable[[bytes], object]:
+        """The ``start_response`` the app sees: records, sends nothing yet."""
+        if exc_info is not None and exc_info[0] is None:
+            exc_info = None
+        if exc_info is not None:
+            if self.sent:
+                # Too late to change the status: the server re-raises the
+                # app's error, as PEP 3333 asks.
+                self._start_response(status, headers, exc_info)
+        elif self.status is not None:
+            raise AssertionError("start_response() was called a second time without exc_info.")
+        self.status, self.headers, self.exc_info = status, headers, exc_info
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The legacy ``write()`` callable: the status goes out first."""
+        if not self.sent:
+            self.settle()
+        if self._write is None:
+            raise AssertionError("write() was called before start_response().")
+        self._write(data)
+
+    def settle(self, end: bool = False) -> None:
+        """Commit the sessions (or not), then let the held status through to the
+        server, once; with ``end``, end the units as well.
+
+        Whether to commit is decided once: a status below 400, no ``exc_info``,
+        and the veto.
+        """
+        ok = self.decision
+        if ok is None:
+            status = self.status
+            ok = status is not None and self.exc_info is None
+            if ok:
+                assert status is not None
+                try:
+                    ok = int(status[:3]) < 400
+                except ValueError:
+                    ok = False
+                if ok and self._veto is not None:
+                    ok = bool(self._veto(self._environ, status, self.headers))
+            self.decision = ok
+        if end:
+            end_units(self._cells, commit=ok, where=self._where)
+        elif ok:
+            commit_units(self._cells, where=self._where)
+        status = self.status
+        if self.sent or status is None:
+            return
+        self.sent = True
+        exc_info = self.exc_info
+        if exc_info is not None:
+            self._write = self._start_response(status, self.headers, exc_info)
+        else:
+            self._write = self._start_response(status, self.headers)
