@@ -129,11 +129,9 @@ class ScopedSessionMiddleware:
             if single is not None
             else _start(self.sessions, where)
         )
-        # One path per setting, each with no call it does not need: every
-        # request runs one of them.
         gate = None
         if self.commit:
-            gate = CommittingResponse(self.veto, environ, start_response, units, where)
+            gate = CommittingResponse(self.veto, start_response, units, where)
             start_response = gate.start_response
         try:
             body = self.app(environ, start_response)
@@ -153,13 +151,17 @@ class ScopedSessionMiddleware:
                     gate.settle(end=True)
                     return body
                 # No status yet: it comes as the body is read, as a stream's does.
+            # Streamed: a later request on the same slot is one of its own, which
+            # never joins or ends these units; the response ends them.
+            if single is not None:
+                units[0].handed = True
+            else:
+                for cell in units:
+                    cell.handed = True
             if gate is None:
-                return Response(body, iter(body), units, where)
-            # The gate becomes the response (as Response.__init__ makes one).
-            gate._chunks = iter(body)
+                return Response(body, units, where)
+            # The gate becomes the response.
             gate._body = body
-            for cell in units:
-                cell.handed = True
             gate._units = units
             return gate
         except BaseException as exc:
@@ -211,32 +213,20 @@ class Response:
     """The response iterable of a streamed body: ends the request's units when
     the server closes it, or at once when the body raises."""
 
-    __slots__ = ("_body", "_chunks", "_commits", "_units", "_where")
+    __slots__ = ("_body", "_commits", "_units", "_where")
 
     #: The units to end, until one of close(), a failure or the finalizer claims
     #: them (exactly once, see ``_claim_lock``): ``None`` after that, or before
     #: the response is handed to the server.
     _units: Units | None
     _body: t.Iterable[bytes]
-    _chunks: t.Iterator[bytes]
 
-    def __init__(
-        self,
-        body: t.Iterable[bytes],
-        chunks: t.Iterator[bytes],
-        units: Units,
-        where: Request,
-    ) -> None:
+    def __init__(self, body: t.Iterable[bytes], units: Units, where: Request) -> None:
         self._body = body
-        self._chunks = chunks
         self._where = where
         #: Whether close() commits: the stream ran to its end and its view's
         #: writes were committed (``commit=True`` only).
         self._commits = False
-        # A later request on the same slot is one of its own: it never joins or
-        # ends these units, which this response ends.
-        for cell in units:
-            cell.handed = True
         self._units = units
 
     def __iter__(self) -> t.Iterator[bytes]:
@@ -245,7 +235,7 @@ class Response:
         # from": a dropped iterator would close the app's iterator then, before
         # the server's close() and outside of it.
         try:
-            for chunk in self._chunks:  # noqa: UP028
+            for chunk in self._body:  # noqa: UP028
                 yield chunk
         except GeneratorExit:  # the iterator was dropped: close() ends the units
             raise
@@ -330,12 +320,10 @@ class CommittingResponse(Response):
     iterable of a streamed body, whose first chunk commits (or rolls back)
     before the status goes out; ``close()`` commits what the stream wrote when
     it ran to its end. Made before the app runs, it becomes the response only
-    for a streamed body: the middleware hands that over as Response.__init__
-    does."""
+    for a streamed body: the middleware then gives it the body and the units."""
 
     __slots__ = (
         "_cells",
-        "_environ",
         "_start_response",
         "_veto",
         "_write",
@@ -346,16 +334,14 @@ class CommittingResponse(Response):
         "status",
     )
 
+    #: What the app gave start_response(): set together with ``status``.
+    headers: list[tuple[str, str]]
+    exc_info: OptExcInfo | None
+
     def __init__(
-        self,
-        veto: Veto | None,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-        units: Units,
-        where: Request,
+        self, veto: Veto | None, start_response: StartResponse, units: Units, where: Request
     ) -> None:
         self._veto = veto
-        self._environ = environ
         self._start_response = start_response
         self._cells = units
         self._where = where
@@ -363,15 +349,13 @@ class CommittingResponse(Response):
         self._commits = False
         self._write: t.Callable[[bytes], object] | None = None
         self.status: str | None = None
-        self.headers: list[tuple[str, str]] = []
-        self.exc_info: OptExcInfo | None = None
         self.sent = False
         #: Whether the view's writes are committed: None until decided.
         self.decision: bool | None = None
 
     def __iter__(self) -> t.Iterator[bytes]:
         try:
-            for chunk in self._chunks:
+            for chunk in self._body:
                 if not self.sent:
                     self.settle()
                 yield chunk
@@ -431,7 +415,7 @@ class CommittingResponse(Response):
                 except ValueError:
                     ok = False
                 if ok and self._veto is not None:
-                    ok = bool(self._veto(self._environ, status, self.headers))
+                    ok = bool(self._veto(self._where[0], status, self.headers))
             self.decision = ok
         if end:
             end_units(self._cells, commit=ok, where=self._where)
