@@ -50,6 +50,7 @@ if t.TYPE_CHECKING:
 __all__ = ["ScopedSessionMiddleware"]
 
 logger = logging.getLogger("scoped_session")
+_new = object.__new__
 
 Veto = t.Callable[["WSGIEnvironment", str, list[tuple[str, str]]], object]
 Units = tuple[Cell, ...]
@@ -129,9 +130,21 @@ class ScopedSessionMiddleware:
             if single is not None
             else _start(self.sessions, where)
         )
-        gate = None
+        gate: CommittingResponse | None = None
         if self.commit:
-            gate = CommittingResponse(self.veto, start_response, units, where)
+            # Made without a call of Python code (no __init__), as the Response
+            # below: every request with commit=True makes one.
+            gate = _new(CommittingResponse)
+            gate._veto = self.veto
+            gate._start_response = start_response
+            gate._cells = units
+            gate._where = where
+            gate._units = None  # not a response (yet): nothing for the finalizer
+            gate._commits = False
+            gate._write = None
+            gate.status = None
+            gate.sent = False
+            gate.decision = None
             start_response = gate.start_response
         try:
             body = self.app(environ, start_response)
@@ -158,12 +171,16 @@ class ScopedSessionMiddleware:
             else:
                 for cell in units:
                     cell.handed = True
-            if gate is None:
-                return Response(body, units, where)
-            # The gate becomes the response.
-            gate._body = body
-            gate._units = units
-            return gate
+            response: Response | None = gate  # the gate becomes the response
+            if response is None:
+                # Made without a call of Python code (no __init__): every
+                # streamed request makes one.
+                response = _new(Response)
+                response._where = where
+                response._commits = False
+            response._body = body
+            response._units = units
+            return response
         except BaseException as exc:
             close_quietly(body)
             roll_back(units, where, exc)
@@ -211,7 +228,8 @@ def close_quietly(body: object) -> None:
 
 class Response:
     """The response iterable of a streamed body: ends the request's units when
-    the server closes it, or at once when the body raises."""
+    the server closes it, or at once when the body raises. The middleware makes
+    it and sets its slots itself (no ``__init__``)."""
 
     __slots__ = ("_body", "_commits", "_units", "_where")
 
@@ -220,14 +238,10 @@ class Response:
     #: the response is handed to the server.
     _units: Units | None
     _body: t.Iterable[bytes]
-
-    def __init__(self, body: t.Iterable[bytes], units: Units, where: Request) -> None:
-        self._body = body
-        self._where = where
-        #: Whether close() commits: the stream ran to its end and its view's
-        #: writes were committed (``commit=True`` only).
-        self._commits = False
-        self._units = units
+    _where: Request
+    #: Whether close() commits: the stream ran to its end and its view's writes
+    #: were committed (``commit=True`` only).
+    _commits: bool
 
     def __iter__(self) -> t.Iterator[bytes]:
         # A generator: the server resumes it without a method lookup, and the
@@ -319,8 +333,9 @@ class CommittingResponse(Response):
     (its :meth:`start_response` is the one the app sees), and is the response
     iterable of a streamed body, whose first chunk commits (or rolls back)
     before the status goes out; ``close()`` commits what the stream wrote when
-    it ran to its end. Made before the app runs, it becomes the response only
-    for a streamed body: the middleware then gives it the body and the units."""
+    it ran to its end. The middleware makes it (no ``__init__``) before the app
+    runs; it becomes the response only for a streamed body, when the middleware
+    gives it the body and the units."""
 
     __slots__ = (
         "_cells",
@@ -334,24 +349,19 @@ class CommittingResponse(Response):
         "status",
     )
 
+    _veto: Veto | None
+    _start_response: StartResponse
+    #: The units, for the commit (``_units`` is set only once it is a response).
+    _cells: Units
+    _write: t.Callable[[bytes], object] | None
+    status: str | None
     #: What the app gave start_response(): set together with ``status``.
     headers: list[tuple[str, str]]
     exc_info: OptExcInfo | None
-
-    def __init__(
-        self, veto: Veto | None, start_response: StartResponse, units: Units, where: Request
-    ) -> None:
-        self._veto = veto
-        self._start_response = start_response
-        self._cells = units
-        self._where = where
-        self._units = None  # not a response (yet): nothing for the finalizer
-        self._commits = False
-        self._write: t.Callable[[bytes], object] | None = None
-        self.status: str | None = None
-        self.sent = False
-        #: Whether the view's writes are committed: None until decided.
-        self.decision: bool | None = None
+    #: Whether the status went out to the server.
+    sent: bool
+    #: Whether the view's writes are committed: None until decided.
+    decision: bool | None
 
     def __iter__(self) -> t.Iterator[bytes]:
         try:
