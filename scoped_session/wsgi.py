@@ -50,6 +50,7 @@ if t.TYPE_CHECKING:
 __all__ = ["ScopedSessionMiddleware"]
 
 logger = logging.getLogger("scoped_session")
+#: Makes the per-request objects without calling their class (see __call__).
 _new = object.__new__
 
 Veto = t.Callable[["WSGIEnvironment", str, list[tuple[str, str]]], object]
