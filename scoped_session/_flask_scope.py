@@ -10,9 +10,9 @@ import sys
 import typing as t
 import weakref
 
-from flask import Flask
+from flask import Flask, after_this_request
 from flask.ctx import AppContext
-from flask.globals import app_ctx
+from flask.globals import _cv_app
 
 from ._arguments import sqlalchemy_module
 from ._cells import Cell, NoCell
@@ -20,6 +20,7 @@ from ._exceptions import NoScopeError, ScopedSessionError
 from ._scopes import Scope
 
 if t.TYPE_CHECKING:
+    from flask import Response
     from sqlalchemy import Connection, Engine, MetaData, TableClause
 
     #: What a bind is keyed by, as in SQLAlchemy's ``Session(binds=...)``: a class
@@ -35,7 +36,7 @@ __all__ = [
     "NO_CONTEXT",
     "AppContextScope",
     "AppState",
-    "app_context",
+    "current_context_or",
     "bind_metadata",
     "bind_name",
     "bound_engine",
@@ -76,9 +77,9 @@ NO_CONTEXT = (
 class AppState:
     """What a FlaskScopedSession keeps per app in ``app.extensions``: whether its
     requests commit, the app's engine (or connection) and binds, if it has them,
-    and what runs when one of its contexts gets its first cell."""
+    and the handler that watches the response of a request that made a session."""
 
-    __slots__ = ("bind", "binds", "commit", "factory_kwargs", "started", "where")
+    __slots__ = ("bind", "binds", "commit", "factory_kwargs", "watch", "where")
 
     def __init__(
         self,
@@ -97,9 +98,10 @@ class AppState:
             kwargs["binds"] = binds
         #: What the app's sessions are made with (see AppContextScope.admit).
         self.factory_kwargs: dict[str, t.Any] | None = kwargs or None
-        #: Called with a context of the app when it gets its first cell (the
-        #: extension watches that request's response), or None.
-        self.started: t.Callable[[AppContext], None] | None = None
+        #: Registered with ``after_this_request`` when a context of the app gets
+        #: its first cell in a request (the extension watches that request's
+        #: response), or None. One function per app, not one per request.
+        self.watch: t.Callable[[Response], Response] | None = None
         #: Names the app's contexts in logs.
         self.where = where
 
@@ -297,19 +299,18 @@ def dispose(engine: Engine, pid: int) -> None:
     engine.dispose(close=os.getpid() == pid)
 
 
-#: The current application context, or RuntimeError outside one: werkzeug's
-#: documented way to the object behind Flask's ``app_ctx`` proxy, looked up once.
-#: Every use of a session reads it, and a lookup through the proxy costs more
-#: than the call itself.
-app_context: t.Callable[[], AppContext] = app_ctx._get_current_object  # type: ignore[attr-defined]
+#: The current application context, or ``default`` outside one: the context
+#: variable behind Flask's ``app_ctx`` proxy, read directly. Every use of a
+#: session and every end of a context reads it, and werkzeug's
+#: ``app_ctx._get_current_object()`` costs two Python calls and an exception
+#: outside a context, more than the read itself. Flask 2.3 to 3.1 keep it there.
+current_context_or: t.Callable[[t.Any], t.Any] = _cv_app.get
 
 
 def current_context() -> AppContext | None:
     """The current application context, or None."""
-    try:
-        return app_context()
-    except RuntimeError:  # outside any application context
-        return None
+    context: AppContext | None = _cv_app.get(None)
+    return context
 
 
 class _FlaskSlot(NoCell):
@@ -324,10 +325,10 @@ class _FlaskSlot(NoCell):
     @property
     def cell(self) -> Cell | NoCell:
         # The proxy's hot path: one read of the context, no call of our own.
-        try:
-            return getattr(app_context(), self._attr, self)
-        except RuntimeError:  # outside any application context
+        context = current_context_or(None)
+        if context is None:  # outside any application context
             return self
+        return context.__dict__.get(self._attr, self)  # type: ignore[no-any-return]
 
 
 class AppContextScope(Scope):
@@ -359,44 +360,60 @@ class AppContextScope(Scope):
         self.cell_attr = f"_scoped_session_cell_{number}"
         self.state_attr = f"_scoped_session_state_{number}"
         self.slot = _FlaskSlot(self.cell_attr)
+        # Weak references to the live cells, for remove_all(), held here rather
+        # than in a CellTracker: install() adds one with no Python call, once per
+        # request that uses a session. Each reference discards itself.
+        refs: set[weakref.ref[Cell]] = set()
+        self._refs = refs
+        self._forget = refs.discard
+
+    def track(self, cell: Cell) -> None:
+        self._refs.add(weakref.ref(cell, self._forget))
+
+    def cells(self) -> list[Cell]:
+        found = [ref() for ref in list(self._refs)]
+        return [cell for cell in found if cell is not None]
 
     # Each of these runs once per session made (a request's first use of it), and
     # reads the context itself: it is not kept anywhere in between, where another
     # thread or a context pushed meanwhile could see it.
 
     def get(self) -> Cell | None:
-        try:
-            found = app_context().__dict__
-        except RuntimeError:  # outside any application context
+        context = current_context_or(None)
+        if context is None:  # outside any application context
             return None
-        cell: Cell | None = found.get(self.cell_attr)
+        cell: Cell | None = context.__dict__.get(self.cell_attr)
         return cell
 
     def install(self, cell: Cell | None) -> None:
-        try:
-            context = app_context()
-        except RuntimeError:
+        context = current_context_or(None)
+        if context is None:
             if cell is None:
                 return
-            raise NoScopeError(NO_CONTEXT) from None
+            raise NoScopeError(NO_CONTEXT)
         found = context.__dict__
         if cell is None:
             found.pop(self.cell_attr, None)
             return
-        self.tracked.add(cell)
+        self._refs.add(weakref.ref(cell, self._forget))
         if self.cell_attr not in found:  # the context's first cell
             state: AppState | None = context.app.extensions.get(self.key)
-            if state is not None and state.started is not None:
-                state.started(context)
+            if state is not None and state.watch is not None:
+                # A request's response is watched (for a streamed body) by the
+                # app's one handler, which finds the context itself.
+                try:  # noqa: SIM105 - suppress() would cost every request a context manager
+                    after_this_request(state.watch)
+                except RuntimeError:  # not in a request: a CLI command, a script
+                    pass
         found[self.cell_attr] = cell
 
     def admit(self) -> dict[str, t.Any] | None:
         # A session made outside any context, or in the context of an app nobody
         # ends contexts for, would never be closed.
-        try:
-            app = app_context().app
-        except RuntimeError:
-            raise NoScopeError(NO_CONTEXT) from None
+        context = current_context_or(None)
+        if context is None:
+            raise NoScopeError(NO_CONTEXT)
+        app = context.app
         state: AppState | None = app.extensions.get(self.key)
         if state is None:
             raise ScopedSessionError(

@@ -71,11 +71,11 @@ import functools
 import typing as t
 from types import GeneratorType
 
-from flask import Flask, Response, after_this_request
+from flask import Flask, Response
 from flask.ctx import AppContext
 
 from ._arguments import check_flag
-from ._ending import commit_units, end_scope_cell
+from ._ending import end_scope_cell, end_sessions
 from ._exceptions import NoScopeError, ScopedSessionError
 from ._flask_migrate import MigrateTarget
 from ._flask_query import (
@@ -91,7 +91,6 @@ from ._flask_scope import (
     DATABASE_URI_KEY,
     AppContextScope,
     AppState,
-    app_context,
     bound_engine,
     check_app,
     check_bind,
@@ -99,6 +98,7 @@ from ._flask_scope import (
     configured_binds,
     configured_engine,
     current_context,
+    current_context_or,
 )
 from ._proxy import ScopedSession
 from ._registry import Closeable
@@ -106,6 +106,7 @@ from ._registry import Closeable
 if t.TYPE_CHECKING:
     from sqlalchemy import Connection, Engine, TableClause
 
+    from ._cells import Cell
     from ._flask_scope import BindKey
 
 __all__ = [
@@ -257,11 +258,12 @@ class FlaskScopedSession(ScopedSession[S]):
         # reverse order of registration, so the ones an app registers after
         # init_app() (the usual order) run before the commit. Without it, only
         # a request that made a session watches its response, for a streamed
-        # body, with after_this_request.
+        # body, with after_this_request (the scope registers the same handler).
+        handler = self._response_handler(state)
         if commit:
-            app.after_request(self._after_request_handler(state))
+            app.after_request(handler)
         else:
-            state.started = self._watch_response
+            state.watch = handler
         app.teardown_appcontext(self._teardown_handler(state))
 
     def get_engine(
@@ -327,51 +329,45 @@ class FlaskScopedSession(ScopedSession[S]):
     # thread: it is made on first use and emptied when the context is over. A
     # Session.scope() inside a context is a unit of its own, as anywhere else.
 
-    def _after_request_handler(self, state: AppState) -> t.Callable[[Response], Response]:
-        """The after_request handler of an app whose requests commit."""
+    def _response_handler(self, state: AppState) -> t.Callable[[Response], Response]:
+        """The handler that sees the response of a request of the app ``state``
+        belongs to. With commit, the app's after_request handler: it commits the
+        request's session before the response is sent. Without, the one a
+        request that made a session registers with after_this_request. Either
+        hands the end of the context to a streamed body."""
+        scope = self._flask_scope
+        commit = state.commit
 
         def after_request(response: Response) -> Response:
-            context = current_context()
-            if context is not None:
-                self._after(context, response, state)
+            # One read of the context, and the attribute names read each time:
+            # a fork child's scope has new ones.
+            context = current_context_or(None)
+            if context is None:
+                return response
+            found = context.__dict__
+            cell: Cell | None = found.get(scope.cell_attr)
+            # A generator body may run later in this context (stream_with_context
+            # pushes it again), or read through results and objects of this
+            # session. Other bodies cannot: an error page made by Flask, a file
+            # (whose response's close() is not even called with direct_passthrough).
+            body = response.response
+            if type(body) is GeneratorType and not response.direct_passthrough:
+                if (
+                    (commit or cell is not None)
+                    and scope.state_attr not in found
+                    # Registered by a context of this app (not by another app's,
+                    # nested in the view, which is over already).
+                    and scope.state(context.app) is state
+                ):
+                    self._defer(context, response, body, commit and response.status_code < 400)
+            elif commit and cell is not None:
+                session = cell.session
+                if session is not None and response.status_code < 400:
+                    # Raising here turns into a logged 500 response, by Flask.
+                    end_sessions((session,), commit=True, close=False, where=state.where)
             return response
 
         return after_request
-
-    def _watch_response(self, context: AppContext) -> None:
-        """A context of an app whose requests do not commit got its first cell: in
-        a request, watch its response for a streamed body."""
-
-        def after_this(response: Response) -> Response:
-            if type(response.response) is GeneratorType:
-                self._after(context, response, None)
-            return response
-
-        try:  # noqa: SIM105 - suppress() would cost every request a context manager
-            after_this_request(after_this)
-        except RuntimeError:  # not in a request: a CLI command, a script
-            pass
-
-    def _after(self, context: AppContext, response: Response, state: AppState | None) -> None:
-        """The response of ``context``'s request is ready. ``state`` given (the
-        app's requests commit): commit its session before it is sent. Either way,
-        hand the end of the context to a streamed body."""
-        found = context.__dict__
-        cell = found.get(self._flask_scope.cell_attr)
-        if cell is None and state is None:
-            return  # a nested context that is over already
-        # A generator body may run later in this context (stream_with_context
-        # pushes it again), or read through results and objects of this
-        # session. Other bodies cannot: an error page made by Flask, a file
-        # (whose response's close() is not even called with direct_passthrough).
-        body = response.response
-        if type(body) is GeneratorType and not response.direct_passthrough:
-            if self._flask_scope.state_attr not in found:
-                commit = state is not None and response.status_code < 400
-                self._defer(context, response, body, commit)
-        elif state is not None and cell is not None and response.status_code < 400:
-            # Raising here turns into a logged 500 response, by Flask.
-            commit_units((cell,), where=state.where)
 
     def _defer(
         self,
@@ -408,11 +404,11 @@ class FlaskScopedSession(ScopedSession[S]):
         scope = self._flask_scope
 
         def teardown(exc: BaseException | None) -> None:
-            # Every context of the app runs this: current_context() inlined.
-            try:
-                found = app_context().__dict__
-            except RuntimeError:  # pragma: no cover - Flask tears down a pushed context
+            # Every context of the app runs this: one read of the context.
+            context = current_context_or(None)
+            if context is None:  # pragma: no cover - Flask tears down a pushed context
                 return
+            found = context.__dict__
             if scope.cell_attr not in found:  # the context never used a session
                 return
             deferred: _Deferred | None = found.get(scope.state_attr)
