@@ -313,6 +313,9 @@ def current_context() -> AppContext | None:
     return context
 
 
+_ref = weakref.ref
+
+
 class _FlaskSlot(NoCell):
     """The Flask scope's slot: ``cell`` is the cell on the current context, or the
     slot itself (which holds nothing) where there is none."""
@@ -325,10 +328,9 @@ class _FlaskSlot(NoCell):
     @property
     def cell(self) -> Cell | NoCell:
         # The proxy's hot path: one read of the context, no call of our own.
-        context = current_context_or(None)
-        if context is None:  # outside any application context
-            return self
-        return context.__dict__.get(self._attr, self)  # type: ignore[no-any-return]
+        # Outside any context the read gives the slot itself, which has no
+        # such attribute either.
+        return getattr(current_context_or(self), self._attr, self)
 
 
 class AppContextScope(Scope):
@@ -368,7 +370,7 @@ class AppContextScope(Scope):
         self._forget = refs.discard
 
     def track(self, cell: Cell) -> None:
-        self._refs.add(weakref.ref(cell, self._forget))
+        self._refs.add(_ref(cell, self._forget))
 
     def cells(self) -> list[Cell]:
         found = [ref() for ref in list(self._refs)]
@@ -395,7 +397,7 @@ class AppContextScope(Scope):
         if cell is None:
             found.pop(self.cell_attr, None)
             return
-        self._refs.add(weakref.ref(cell, self._forget))
+        self._refs.add(_ref(cell, self._forget))
         if self.cell_attr not in found:  # the context's first cell
             state: AppState | None = context.app.extensions.get(self.key)
             if state is not None and state.watch is not None:
