@@ -339,35 +339,44 @@ class FlaskScopedSession(ScopedSession[S]):
         commit = state.commit
 
         def after_request(response: Response) -> Response:
-            # One read of the context, and the attribute names read each time:
-            # a fork child's scope has new ones.
-            context = current_context_or(None)
-            if context is None:
-                return response
-            found = context.__dict__
-            cell: Cell | None = found.get(scope.cell_attr)
             # A generator body may run later in this context (stream_with_context
             # pushes it again), or read through results and objects of this
             # session. Other bodies cannot: an error page made by Flask, a file
             # (whose response's close() is not even called with direct_passthrough).
             body = response.response
             if type(body) is GeneratorType and not response.direct_passthrough:
-                if (
-                    (commit or cell is not None)
-                    and scope.state_attr not in found
-                    # Registered by a context of this app (not by another app's,
-                    # nested in the view, which is over already).
-                    and scope.state(context.app) is state
-                ):
-                    self._defer(context, response, body, commit and response.status_code < 400)
-            elif commit and cell is not None:
-                session = cell.session
-                if session is not None and response.status_code < 400:
-                    # Raising here turns into a logged 500 response, by Flask.
-                    end_sessions((session,), commit=True, close=False, where=state.where)
+                self._streamed(state, response, body)
+            elif commit:
+                # The attribute name is read each time: a fork child's scope has
+                # a new one.
+                cell: Cell | None = getattr(current_context_or(None), scope.cell_attr, None)
+                if cell is not None:
+                    session = cell.session
+                    if session is not None and response.status_code < 400:
+                        # Raising here turns into a logged 500 response, by Flask.
+                        end_sessions((session,), commit=True, close=False, where=state.where)
             return response
 
         return after_request
+
+    def _streamed(
+        self, state: AppState, response: Response, body: GeneratorType[t.Any, t.Any, t.Any]
+    ) -> None:
+        """The response of a request of the app ``state`` belongs to has a
+        generator body: hand the end of its context to the body."""
+        context = current_context()
+        if context is None:
+            return
+        scope = self._flask_scope
+        found = context.__dict__
+        if (
+            (state.commit or scope.cell_attr in found)
+            and scope.state_attr not in found
+            # Registered by a context of this app (not by another app's, nested
+            # in the view, which is over already).
+            and scope.state(context.app) is state
+        ):
+            self._defer(context, response, body, state.commit and response.status_code < 400)
 
     def _defer(
         self,
