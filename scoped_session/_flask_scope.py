@@ -11,8 +11,8 @@ import typing as t
 import weakref
 
 from flask import Flask, after_this_request
+from flask import globals as flask_globals
 from flask.ctx import AppContext
-from flask.globals import _cv_app
 
 from ._arguments import sqlalchemy_module
 from ._cells import Cell, NoCell
@@ -299,17 +299,27 @@ def dispose(engine: Engine, pid: int) -> None:
     engine.dispose(close=os.getpid() == pid)
 
 
-#: The current application context, or ``default`` outside one: the context
-#: variable behind Flask's ``app_ctx`` proxy, read directly. Every use of a
-#: session and every end of a context reads it, and werkzeug's
-#: ``app_ctx._get_current_object()`` costs two Python calls and an exception
-#: outside a context, more than the read itself. Flask 2.3 to 3.1 keep it there.
-current_context_or: t.Callable[[t.Any], t.Any] = _cv_app.get
+#: The current application context, or ``default`` outside one. Every use of a
+#: session and every end of a context reads it: the context variable behind
+#: Flask's ``app_ctx`` proxy is read directly where Flask has it (``_cv_app``,
+#: Flask 2.3 to 3.1), as werkzeug's ``app_ctx._get_current_object()`` costs two
+#: Python calls, and an exception outside a context. Elsewhere that call stands in.
+current_context_or: t.Callable[[t.Any], t.Any]
+_cv_app = getattr(flask_globals, "_cv_app", None)
+if _cv_app is not None:
+    current_context_or = _cv_app.get
+else:  # pragma: no cover - a Flask without the variable
+
+    def current_context_or(default: t.Any) -> t.Any:
+        try:
+            return flask_globals.app_ctx._get_current_object()  # type: ignore[attr-defined]
+        except RuntimeError:  # outside any application context
+            return default
 
 
 def current_context() -> AppContext | None:
     """The current application context, or None."""
-    context: AppContext | None = _cv_app.get(None)
+    context: AppContext | None = current_context_or(None)
     return context
 
 
