@@ -214,6 +214,11 @@ def end_scope_cell(
     """End a scope's own cell when the scope is over (a Flask application context):
     its session and those of the cells it shadows (units left open in it), by the
     policy, innermost first. Returns how many were committed."""
+    if cell.prev is None:  # the usual end: one cell, no list
+        session = cell.take_to_close()
+        if session is None:
+            return 0
+        return end_sessions((session,), commit=commit, error=error, where=where)
     sessions = []
     found: Cell | None = cell
     while found is not None:

@@ -422,14 +422,9 @@ class FlaskScopedSession(ScopedSession[S]):
                 return
             deferred: _Deferred | None = found.get(scope.state_attr)
             if deferred is None:
-                cell: Cell = found.pop(scope.cell_attr)
-                if cell.prev is None:
-                    # The usual end, one cell: its session straight to the policy.
-                    session = cell.take_to_close()
-                    if session is not None:
-                        end_sessions((session,), error=exc, where=state.where)
-                else:  # units left open in the context: end them too
-                    end_scope_cell(cell, commit=False, error=exc, where=state.where)
+                end_scope_cell(
+                    found.pop(scope.cell_attr), commit=False, error=exc, where=state.where
+                )
             elif not (deferred.left or deferred.body.gi_running):
                 deferred.left = True
                 deferred.error = exc
