@@ -372,19 +372,6 @@ class AppContextScope(Scope):
         self.cell_attr = f"_scoped_session_cell_{number}"
         self.state_attr = f"_scoped_session_state_{number}"
         self.slot = _FlaskSlot(self.cell_attr)
-        # Weak references to the live cells, for remove_all(), held here rather
-        # than in a CellTracker: install() adds one with no Python call, once per
-        # request that uses a session. Each reference discards itself.
-        refs: set[weakref.ref[Cell]] = set()
-        self._refs = refs
-        self._forget = refs.discard
-
-    def track(self, cell: Cell) -> None:
-        self._refs.add(_ref(cell, self._forget))
-
-    def cells(self) -> list[Cell]:
-        found = [ref() for ref in list(self._refs)]
-        return [cell for cell in found if cell is not None]
 
     # Each of these runs once per session made (a request's first use of it), and
     # reads the context itself: it is not kept anywhere in between, where another
@@ -407,7 +394,8 @@ class AppContextScope(Scope):
         if cell is None:
             found.pop(self.cell_attr, None)
             return
-        self._refs.add(_ref(cell, self._forget))
+        tracked = self.tracked  # CellTracker.add(), inline: a call less per request
+        tracked.refs.add(_ref(cell, tracked.discard))
         if self.cell_attr not in found:  # the context's first cell
             state: AppState | None = context.app.extensions.get(self.key)
             if state is not None and state.watch is not None:

@@ -34,19 +34,23 @@ __all__ = [
 class CellTracker:
     """Weak references to every cell a scope made, for ``remove_all()`` and
     ``stats()``: a set whose weak references discard themselves, each operation a
-    single atomic call."""
+    single atomic call.
 
-    __slots__ = ("_discard", "_refs")
+    Where a cell is made per request, the scope adds it inline, with no call of
+    Python code: ``tracked.refs.add(weakref.ref(cell, tracked.discard))``.
+    """
+
+    __slots__ = ("discard", "refs")
 
     def __init__(self) -> None:
-        self._refs: set[weakref.ref[Cell]] = set()
-        self._discard = self._refs.discard
+        self.refs: set[weakref.ref[Cell]] = set()
+        self.discard = self.refs.discard
 
     def add(self, cell: Cell) -> None:
-        self._refs.add(weakref.ref(cell, self._discard))
+        self.refs.add(weakref.ref(cell, self.discard))
 
     def snapshot(self) -> list[Cell]:
-        cells = [ref() for ref in list(self._refs)]
+        cells = [ref() for ref in list(self.refs)]
         return [cell for cell in cells if cell is not None]
 
 
@@ -259,7 +263,8 @@ class ThreadScope(Scope):
             outer.depth += 1
             return outer
         cell = Cell(stats, outer, 1, label, self.ref)
-        self.tracked.add(cell)
+        tracked = self.tracked  # CellTracker.add(), inline
+        tracked.refs.add(weakref.ref(cell, tracked.discard))
         slot.cell = cell
         return cell
 

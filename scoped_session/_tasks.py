@@ -303,7 +303,8 @@ class TaskScope(Scope):
             # it off again: a task that removed its session leaves nothing to do.
             cell.reaper = reaper = functools.partial(_reap_at_task_end, cell)
             task.add_done_callback(reaper)
-        self.tracked.add(cell)
+        tracked = self.tracked  # CellTracker.add(), inline
+        tracked.refs.add(weakref.ref(cell, tracked.discard))
         self.var.set(cell)
         return cell
 
