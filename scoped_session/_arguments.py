@@ -8,7 +8,15 @@ import importlib
 import types
 import typing as t
 
-__all__ = ["NotForwarded", "check_flag", "registries", "sqlalchemy_module"]
+from ._scopes import Scope
+
+__all__ = [
+    "NotForwarded",
+    "check_flag",
+    "check_registry",
+    "registries",
+    "sqlalchemy_module",
+]
 
 
 def check_flag(value: object, name: str) -> bool:
@@ -18,6 +26,41 @@ def check_flag(value: object, name: str) -> bool:
             f"{name} must be True or False, not an object of type {type(value).__name__}."
         )
     return value
+
+
+def check_registry(
+    name: str,
+    session_factory: object,
+    scopefunc: object,
+    scope: object,
+    strict: object,
+    *,
+    scope_names: tuple[str, ...],
+    factory_hint: str,
+    scope_help: str,
+) -> None:
+    """Check the arguments of the registry class ``name``, which takes the scopes
+    ``scope_names`` (the first is the default) or a :class:`Scope` object; the
+    messages suggest ``factory_hint`` (code) and say ``scope_help``."""
+    if not callable(session_factory):
+        raise TypeError(
+            f"{name}() needs a session factory: a callable that returns a new"
+            f" session, such as {factory_hint}; got an object of type"
+            f" {type(session_factory).__name__}."
+        )
+    if scopefunc is not None and scope is not None:
+        raise TypeError(
+            f"Pass either scopefunc (a custom key) or scope={scope_names[0]!r}, not both."
+        )
+    if scopefunc is not None and not callable(scopefunc):
+        raise TypeError(
+            "scopefunc must be a callable that returns a hashable key for the"
+            f" current scope; got an object of type {type(scopefunc).__name__}."
+            f" For a built-in scope pass scope={scope_names[0]!r}."
+        )
+    if not (scope is None or isinstance(scope, Scope) or scope in scope_names):
+        raise ValueError(f"Unknown scope {scope!r}: {scope_help}, or a scopefunc for a custom key.")
+    check_flag(strict, "strict")
 
 
 def registries(

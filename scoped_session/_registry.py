@@ -22,7 +22,7 @@ import warnings
 import weakref
 
 from . import _events
-from ._arguments import check_flag, sqlalchemy_module
+from ._arguments import check_registry, sqlalchemy_module
 from ._cells import GIL, Cell, NoCell, Stats, describe, origin_text
 from ._exceptions import NoScopeError, ScopedSessionWarning, already_present, compatible
 from ._scopes import ContextScope, KeyedScope, Scope, ThreadScope
@@ -103,28 +103,16 @@ class Registry(t.Generic[S]):
         scope: str | Scope | None = None,
         strict: bool = False,
     ) -> None:
-        name = self._NAME
-        if not callable(session_factory):
-            raise TypeError(
-                f"{name}() needs a session factory: a callable that returns a new"
-                f" session, such as {self._factory_hint()}; got an object of type"
-                f" {type(session_factory).__name__}."
-            )
-        if scopefunc is not None and scope is not None:
-            raise TypeError(
-                f"Pass either scopefunc (a custom key) or scope={self._SCOPES[0]!r}, not both."
-            )
-        if scopefunc is not None and not callable(scopefunc):
-            raise TypeError(
-                "scopefunc must be a callable that returns a hashable key for the"
-                f" current scope; got an object of type {type(scopefunc).__name__}."
-                f" For a built-in scope pass scope={self._SCOPES[0]!r}."
-            )
-        if not (scope is None or isinstance(scope, Scope) or scope in self._SCOPES):
-            raise ValueError(
-                f"Unknown scope {scope!r}: {self._scope_help()}, or a scopefunc for a custom key."
-            )
-        check_flag(strict, "strict")
+        check_registry(
+            self._NAME,
+            session_factory,
+            scopefunc,
+            scope,
+            strict,
+            scope_names=self._SCOPES,
+            factory_hint=self._factory_hint(),
+            scope_help=self._scope_help(),
+        )
         self._check_factory(session_factory)
         self.session_factory = session_factory
         self._strict = strict
