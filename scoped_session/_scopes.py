@@ -2,7 +2,7 @@
 
 A scope answers "which cell belongs to the caller right now?" and keeps track of
 the cells it handed out, so that ``remove_all()`` can reach every one of them. The
-registry (``_registry.py``) and units of work (``_units.py``) talk to scopes only
+registry (``_registry.py``) and units of work (``_proxy.py``) talk to scopes only
 through :class:`Scope`; an integration with a scope of its own (Flask's
 application context) implements it.
 """
