@@ -135,13 +135,7 @@ class Cell:
         # gets a fresh cell, not this dying one.
         self.depth = 0
         self.ended = True
-        # take_to_close(), inlined: every request, job and unit ends here.
-        session = self.take()
-        if session is not None:
-            if reaped:
-                self.stats.reaped += 1
-            else:
-                self.stats.removed += 1
+        session = self.take_to_close(reaped=reaped)
         home = self.home
         scope = None if home is None else home()
         if scope is not None:
@@ -173,8 +167,15 @@ class Cell:
 
     def take_to_close(self, *, reaped: bool = False) -> t.Any:
         """:meth:`take`, counted in the registry's stats as removed (or reaped, for
-        a backstop) when there was a session: its taker is about to close it."""
-        session = self.take()
+        a backstop) when there was a session: its taker is about to close it.
+
+        Every request, job and unit ends here (through :meth:`detach`): where the
+        GIL makes the two lines atomic, :meth:`take` is inlined."""
+        if GIL:
+            session = self.session
+            self.session = None
+        else:  # pragma: no cover - free-threaded builds
+            session = self.take()
         if session is not None:
             if reaped:
                 self.stats.reaped += 1

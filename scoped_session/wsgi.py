@@ -316,14 +316,8 @@ class Response:
                 logger.warning("%s", message)
                 warnings.warn(message, ResourceWarning, source=self, stacklevel=1)
         finally:
+            close_quietly(self._body)  # a failure is logged: the units end anyway
             try:
-                close = getattr(self._body, "close", None)
-                if close is not None:
-                    try:
-                        close()
-                    except BaseException as exc:
-                        roll_back(units, self._where, exc)
-                        raise
                 end_units(units, commit=False, where=self._where, reaped=True)
             except Exception:
                 logger.error("Ending a collected response's unit of work failed.", exc_info=True)
