@@ -174,6 +174,9 @@ def test_gunicorn_gevent(kind: str, order: str, gl_db: GreenletDB, tmp_path: Pat
         pytest.importorskip("flask", reason="Flask is not installed (extra 'flask')")
     log: list[str] = []
     with gevent_gunicorn(gl_db, kind, order, tmp_path, log) as port:
+        # Every worker answers first: gunicorn listens before its workers have
+        # booted, and the first one up would take the whole load.
+        worker_stats(port)
         outcomes = load(port, seed=len(kind) + len(order))
         stats = worker_stats(port)
         # While the workers still hold their pools.
