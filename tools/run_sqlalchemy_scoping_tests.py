@@ -5,7 +5,7 @@
     python tools/run_sqlalchemy_scoping_tests.py [--workdir DIR] [--baseline] [PYTEST_ARGS...]
     tox -e satests-sa20,satests-sa21      # the same per SQLAlchemy version
 
-It downloads the sdist of the installed SQLAlchemy (``pip download``) and extracts the
+It downloads the sdist of the installed SQLAlchemy (from the package index) and extracts the
 test files listed in ``sqlalchemy_swap_plugin.SUITE``, what they import from
 SQLAlchemy's ``test`` package, and SQLAlchemy's pytest set-up (``test/conftest.py``,
 the plugin it bootstraps from ``lib/``, the ``[tool.pytest.ini_options]`` and
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ast
 import collections
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.request
 
 from sqlalchemy_swap_plugin import SUITE, selection_for
 
@@ -50,17 +52,35 @@ SETUP_FILES = (
 Outcomes = dict[str, dict[str, str]]
 
 
+#: Where the sdist is found: a package index's JSON simple API (PEP 691).
+INDEX = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+
+
 def download(version: str, workdir: pathlib.Path) -> pathlib.Path:
-    """The sdist of SQLAlchemy ``version`` in ``workdir``, downloaded unless it is there."""
+    """The sdist of SQLAlchemy ``version`` in ``workdir``, downloaded unless it is
+    there: the file the index lists, checked against its sha256. Not ``pip
+    download``, which would also set up a build environment (Cython) to read the
+    sdist's metadata, minutes on a fresh machine."""
     name = f"sqlalchemy-{version}.tar.gz"  # SQLAlchemy-2.0.22.tar.gz for older ones
-
-    def find() -> pathlib.Path | None:
-        return next((p for p in workdir.glob("*.tar.gz") if p.name.lower() == name), None)
-
-    if find() is None:
-        pip = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps"]
-        subprocess.run([*pip, f"sqlalchemy=={version}", "-d", str(workdir)], check=True)
-    return find() or sys.exit(f"pip download left no {name} in {workdir}")
+    for path in workdir.glob("*.tar.gz"):
+        if path.name.lower() == name:
+            return path
+    request = urllib.request.Request(
+        f"{INDEX}/sqlalchemy/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        files = json.load(response)["files"]
+    found = next((f for f in files if f["filename"].lower() == name), None)
+    if found is None:
+        sys.exit(f"{INDEX} lists no {name}")
+    with urllib.request.urlopen(found["url"], timeout=300) as response:
+        data = response.read()
+    if hashlib.sha256(data).hexdigest() != found["hashes"]["sha256"]:
+        sys.exit(f"{found['url']} does not match the sha256 {INDEX} gives for it")
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / found["filename"]
+    path.write_bytes(data)
+    return path
 
 
 def imported_test_files(source: str, path: str) -> list[str]:
