@@ -20,7 +20,12 @@ if os.environ.get("SS_GL_EARLY") == "1":
 
 def post_worker_init(worker: t.Any) -> None:
     """After the worker patched and loaded the app, before its first request:
-    psycopg2 waits through gevent from now on."""
+    psycopg2 waits through gevent from now on. Then the worker says it is ready
+    with a file ``ready-PID`` in ``SS_GL_READY_DIR``, if set."""
     from psycogreen.gevent import patch_psycopg  # type: ignore[import-untyped]
 
     patch_psycopg()
+    ready = os.environ.get("SS_GL_READY_DIR")
+    if ready:
+        with open(os.path.join(ready, f"ready-{os.getpid()}"), "w"):
+            pass

@@ -41,6 +41,7 @@ import json
 import os
 import random
 import sys
+import time
 import typing as t
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -107,6 +108,7 @@ def gevent_gunicorn(
             gl_app.ENV_APP_NAME: db.app_name,
             gl_app.ENV_SCHEMA: db.schema,
             gl_app.ENV_KIND: kind,
+            "SS_GL_READY_DIR": str(cwd),
         }
     )
     command = [
@@ -124,6 +126,13 @@ def gevent_gunicorn(
     ]
     # Its own working directory: the package comes from the installation.
     with run_gunicorn(command, cwd, env, log) as port:
+        # gunicorn listens before its workers have loaded the app: the first one
+        # up would take the whole load, and the other could not be checked.
+        deadline = time.monotonic() + TIMEOUT
+        while len(list(cwd.glob("ready-*"))) < WORKERS:
+            if time.monotonic() > deadline:
+                pytest.fail(f"not all {WORKERS} workers got ready:\n" + "".join(log))
+            time.sleep(0.05)
         yield port
 
 
@@ -174,9 +183,6 @@ def test_gunicorn_gevent(kind: str, order: str, gl_db: GreenletDB, tmp_path: Pat
         pytest.importorskip("flask", reason="Flask is not installed (extra 'flask')")
     log: list[str] = []
     with gevent_gunicorn(gl_db, kind, order, tmp_path, log) as port:
-        # Every worker answers first: gunicorn listens before its workers have
-        # booted, and the first one up would take the whole load.
-        worker_stats(port)
         outcomes = load(port, seed=len(kind) + len(order))
         stats = worker_stats(port)
         # While the workers still hold their pools.
