@@ -78,9 +78,9 @@ def download(version: str, workdir: pathlib.Path) -> pathlib.Path:
     if hashlib.sha256(data).hexdigest() != found["hashes"]["sha256"]:
         sys.exit(f"{found['url']} does not match the sha256 {INDEX} gives for it")
     workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / found["filename"]
-    path.write_bytes(data)
-    return path
+    target = workdir / str(found["filename"])
+    target.write_bytes(data)
+    return target
 
 
 def imported_test_files(source: str, path: str) -> list[str]:
