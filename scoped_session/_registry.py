@@ -227,8 +227,9 @@ class Registry(t.Generic[S]):
         A live cell found in the slot is the caller's own and needs no check (a
         task scope's slot shows a cell only to the one task that may use it
         unchecked). Otherwise a hooked scope looks the cell up itself, and so does
-        any scope for a unit ended elsewhere. :meth:`_create` and :meth:`_take`
-        repeat the first case before calling this (a call is most of its cost).
+        any scope for a unit ended elsewhere. :meth:`_create` inlines this, and
+        :meth:`_take` repeats the first case before calling it (a call is most of
+        its cost).
         """
         if cell.is_cell and not cell.ended:
             live: t.Any = cell  # a Cell; not a cast, which is a call
