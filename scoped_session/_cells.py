@@ -5,10 +5,11 @@ object, opened on the caller's slot by ``_registry.open_unit()`` and ended exact
 once by :meth:`Cell.detach` (called by ``_ending``), from any thread. A scope
 (``_scopes.py``) hands each thread, context, key or request a cell of its own. The
 identity of a scope's entry is the cell object, never a key that can be reused:
-not ``id()`` of anything, not a thread ident. A cell that is dropped while
-it still holds a session (its thread ended, its context was collected) hands it to
-:meth:`Cell.reap`; a cell inherited through ``os.fork()`` never does, because
-closing would talk on the parent's sockets.
+not ``id()`` of anything, not a thread ident. A :class:`ReapingCell`, what scopes
+make, that is dropped while it still holds a session (its thread ended, its context
+was collected) hands it to :meth:`Cell.reap`; a cell inherited through ``os.fork()``
+never does, because closing would talk on the parent's sockets. A WSGI request's
+cell is a plain :class:`Cell`: its response is its backstop.
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ import threading
 import types
 import typing as t
 
-__all__ = ["EMPTY", "GIL", "Cell", "Home", "NoCell", "Stats", "describe", "origin_text"]
+__all__ = [
+    "EMPTY",
+    "GIL",
+    "Cell",
+    "Home",
+    "NoCell",
+    "ReapingCell",
+    "Stats",
+    "describe",
+    "origin_text",
+]
 
 logger = logging.getLogger("scoped_session")
 
@@ -135,7 +146,17 @@ class Cell:
         # gets a fresh cell, not this dying one.
         self.depth = 0
         self.ended = True
-        session = self.take_to_close(reaped=reaped)
+        # take_to_close(), inline: every request, job and unit ends here.
+        if GIL:
+            session = self.session
+            self.session = None
+        else:  # pragma: no cover - free-threaded builds
+            session = self.take()
+        if session is not None:
+            if reaped:
+                self.stats.reaped += 1
+            else:
+                self.stats.removed += 1
         home = self.home
         scope = None if home is None else home()
         if scope is not None:
@@ -168,9 +189,8 @@ class Cell:
     def take_to_close(self, *, reaped: bool = False) -> t.Any:
         """:meth:`take`, counted in the registry's stats as removed (or reaped, for
         a backstop) when there was a session: its taker is about to close it.
-
-        Every request, job and unit ends here (through :meth:`detach`): where the
-        GIL makes the two lines atomic, :meth:`take` is inlined."""
+        :meth:`detach` inlines it, and where the GIL makes the two lines atomic,
+        :meth:`take` is inlined here."""
         if GIL:
             session = self.session
             self.session = None
@@ -197,13 +217,6 @@ class Cell:
             # current_thread() raises).
             session.close()
 
-    def __del__(self) -> None:
-        # Nobody else can reach a dying cell: no lock needed.
-        session = self.session
-        if session is not None:
-            self.session = None
-            self._reap_taken(session)
-
     def reap_now(self) -> None:
         """Close the cell's session, if any, as its finalizer would (its registry
         is gone while the cell lives on, in a context that has not ended)."""
@@ -223,6 +236,23 @@ class Cell:
         except Exception:
             # A finalizer must not raise; the failure is logged, never lost.
             logger.exception("Closing a session left behind by its scope failed.")
+
+
+class ReapingCell(Cell):
+    """A cell that closes its session when it is dropped still holding one: its
+    thread ended, its context was collected, its unit's owner was lost. Every
+    scope makes these, except for a WSGI request's unit, whose response is its
+    backstop (it ends the unit when it is collected without ``close()``): a
+    finalizer less per request."""
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        # Nobody else can reach a dying cell: no lock needed.
+        session = self.session
+        if session is not None:
+            self.session = None
+            self._reap_taken(session)
 
 
 def describe(label: object, depth: int = 0) -> str:

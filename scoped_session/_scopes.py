@@ -18,9 +18,11 @@ import types
 import typing as t
 import weakref
 
-from ._cells import EMPTY, Cell, NoCell, Stats
+from ._cells import EMPTY, Cell, NoCell, ReapingCell, Stats
 
 logger = logging.getLogger("scoped_session")
+#: Makes a cell without calling its class (see ThreadScope.open()).
+_new = object.__new__
 
 __all__ = [
     "CellTracker",
@@ -32,26 +34,30 @@ __all__ = [
 
 
 class CellTracker:
-    """Weak references to every cell a scope made, for ``remove_all()`` and
-    ``stats()``: a set whose weak references discard themselves, each operation a
-    single atomic call.
+    """Every live cell a scope made, for ``remove_all()`` and ``stats()``, each
+    operation a single atomic call:
 
-    Where a cell is made per request, the scope adds it inline, with no call of
-    Python code: ``tracked.refs.add(weakref.ref(cell, tracked.discard))``.
+    - ``refs``: weak references that discard themselves when their cell dies.
+      Where a cell is made per request, the scope adds it inline, with no call of
+      Python code: ``tracked.refs.add(weakref.ref(cell, tracked.discard))``;
+    - ``held``: the cells of units that their owner always ends (a WSGI
+      request's, whose response is its backstop), held until the scope's
+      ``leave()`` drops them: cheaper than a weak reference and its callback.
     """
 
-    __slots__ = ("discard", "refs")
+    __slots__ = ("discard", "held", "refs")
 
     def __init__(self) -> None:
         self.refs: set[weakref.ref[Cell]] = set()
         self.discard = self.refs.discard
+        self.held: set[Cell] = set()
 
     def add(self, cell: Cell) -> None:
         self.refs.add(weakref.ref(cell, self.discard))
 
     def snapshot(self) -> list[Cell]:
         cells = [ref() for ref in list(self.refs)]
-        return [cell for cell in cells if cell is not None]
+        return [cell for cell in cells if cell is not None] + list(self.held)
 
 
 class Scope:
@@ -131,7 +137,7 @@ class Scope:
 
     def new_cell(self, stats: Stats, prev: Cell | None, depth: int, label: object) -> Cell:
         """A new cell for the caller, which :meth:`add_cell` installs."""
-        return Cell(stats, prev, depth, label, self.ref)
+        return ReapingCell(stats, prev, depth, label, self.ref)
 
     def add_cell(self, stats: Stats, prev: Cell | None, depth: int, label: object) -> Cell:
         """A new cell, installed as the caller's (a scope may do both in one step)."""
@@ -262,9 +268,25 @@ class ThreadScope(Scope):
         if outer is not None and outer.depth > 0 and not (request and outer.handed):
             outer.depth += 1
             return outer
-        cell = Cell(stats, outer, 1, label, self.ref)
-        tracked = self.tracked  # CellTracker.add(), inline
-        tracked.refs.add(weakref.ref(cell, tracked.discard))
+        if request:
+            # Its WSGI response ends it, also when the response is collected
+            # without close(): no finalizer and no weak reference are needed.
+            # Cell.__init__(), inline: every WSGI request comes here.
+            cell = _new(Cell)
+            cell.session = None
+            cell.stats = stats
+            cell.prev = outer
+            cell.depth = 1
+            cell.ended = False
+            cell.handed = False
+            cell.label = label
+            cell.origin = None
+            cell.home = self.ref
+            self.tracked.held.add(cell)
+        else:
+            cell = ReapingCell(stats, outer, 1, label, self.ref)
+            tracked = self.tracked  # CellTracker.add(), inline
+            tracked.refs.add(weakref.ref(cell, tracked.discard))
         slot.cell = cell
         return cell
 
@@ -275,6 +297,7 @@ class ThreadScope(Scope):
         return super().resolve()
 
     def leave(self, cell: Cell) -> None:
+        self.tracked.held.discard(cell)  # a request's cell (see open())
         slot = self.slot
         if slot.cell is cell:
             # The shadowed cell was tracked when it was installed first.

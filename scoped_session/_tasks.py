@@ -24,7 +24,7 @@ import typing as t
 import warnings
 import weakref
 
-from ._cells import Cell, Home, NoCell, Stats
+from ._cells import Cell, Home, NoCell, ReapingCell, Stats
 from ._exceptions import ConcurrentUseError
 from ._scopes import KeyedScope, Scope
 
@@ -99,7 +99,7 @@ FINISHED = Marker("<finished>")
 _closing: set[asyncio.Task[None]] = set()
 
 
-class AsyncCell(Cell):
+class AsyncCell(ReapingCell):
     """A cell of an async registry: ``task`` made it (a bare session's owner, or
     the task that opened the unit); ``gate`` is the one task that may use it
     without checks (``task`` until another task uses a unit's cell, then

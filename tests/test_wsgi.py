@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import sys
@@ -449,28 +450,98 @@ def test_a_new_request_never_ends_or_joins_an_earlier_unclosed_response(
     assert not Session.registry.has()
 
 
-def test_a_finished_request_is_not_kept_alive() -> None:
+@pytest.mark.parametrize("end", ["closed", "collected", "body raises", "app raises", "list"])
+@pytest.mark.parametrize("commit", [False, True])
+def test_a_finished_request_is_not_kept_alive(end: str, commit: bool) -> None:
+    rec = Recorder()
+    Session = rec.Session
+
+    def body() -> t.Iterator[bytes]:
+        yield b"a"
+        if end == "body raises":
+            raise RuntimeError("the body failed")
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterable[bytes]:
+        Session()
+        ok(start_response)
+        if end == "app raises":
+            raise RuntimeError("the app failed")
+        return [b"a"] if end == "list" else body()
+
+    class Environ(dict[str, t.Any]):
+        """A dict that can be weakly referenced."""
+
+    def serve(environ: WSGIEnvironment) -> None:
+        response = mw(environ, Server().start_response)
+        chunks = iter(response)
+        assert next(chunks) == b"a"
+        if end == "body raises":
+            next(chunks)
+        elif end != "collected":
+            assert list(chunks) == []
+            close = getattr(response, "close", None)
+            if close is not None:
+                close()
+
+    mw = ScopedSessionMiddleware(app, Session, commit=commit)
+    environ = Environ(make_environ("/streamed"))
+    gone = weakref.ref(environ)
+    failed = False
+    with pytest.warns(ResourceWarning) if end == "collected" else contextlib.nullcontext():
+        try:
+            serve(environ)
+        except RuntimeError:  # its traceback, which holds the request, goes with it
+            failed = True
+    assert failed == ("raises" in end)
+    del environ
+    # Reference counting alone frees it, however it ended: nothing of the
+    # middleware or the scope keeps the finished request (its cell, which
+    # names it) until this thread's next one.
+    assert gone() is None
+    assert rec.made[0].closed == 1
+    assert Session.stats().live == 0
+
+
+def test_remove_all_and_stats_reach_a_request_still_streaming() -> None:
     rec = Recorder()
     Session = rec.Session
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterator[bytes]:
         Session()
         ok(start_response)
-        return iter([b"a"])
+        return iter([b"a", b"b"])
 
-    class Environ(dict[str, t.Any]):
-        """A dict that can be weakly referenced."""
-
-    mw = ScopedSessionMiddleware(app, Session)
-    environ = Environ(make_environ("/streamed"))
-    gone = weakref.ref(environ)
-    response = mw(environ, Server().start_response)
-    assert list(response) == [b"a"]
+    response = ScopedSessionMiddleware(app, Session)(make_environ(), Server().start_response)
+    chunks = iter(response)
+    assert next(chunks) == b"a"
+    assert Session.stats().live == 1
+    assert Session.remove_all() == 1  # shutdown, mid-stream
+    assert rec.made[0].closed == 1
+    assert list(chunks) == [b"b"]
     response.close()  # type: ignore[attr-defined]
-    del response, environ
-    # Reference counting alone frees it: nothing of the middleware keeps the
-    # finished request until this thread's next one.
-    assert gone() is None
+    assert rec.made[0].closed == 1  # taken by remove_all(): not closed twice
+    assert Session.stats() == (0, 1, 1, 0)
+
+
+def test_a_requests_cell_has_every_slot_set() -> None:
+    # The thread scope makes a request's cell without Cell.__init__ (a call
+    # less per request): a slot added to Cell must be set there too.
+    from scoped_session._cells import Cell
+
+    seen: list[Cell] = []
+    Session = Recorder().Session
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        seen.append(Session._slot.cell)
+        ok(start_response)
+        return [b""]
+
+    Server().run(ScopedSessionMiddleware(app, Session))
+    [cell] = seen
+    assert type(cell) is Cell  # no finalizer: its response is the backstop
+    for name in Cell.__slots__:
+        if name != "__weakref__":
+            getattr(cell, name)  # raises AttributeError for a slot never set
 
 
 def test_two_greenlets_on_one_thread_never_end_each_others_request() -> None:
