@@ -39,7 +39,7 @@ import warnings
 
 from ._arguments import check_flag, registries
 from ._cells import Cell
-from ._ending import commit_units, end_units
+from ._ending import commit_units, end_sessions, end_units
 from ._proxy import ScopedSession
 from ._registry import open_unit
 
@@ -422,10 +422,16 @@ class CommittingResponse(Response):
                 if ok and self._veto is not None:
                     ok = bool(self._veto(self._where[0], status, self.headers))
             self.decision = ok
+        cells = self._cells
         if end:
-            end_units(self._cells, commit=ok, where=self._where)
+            end_units(cells, commit=ok, where=self._where)
         elif ok:
-            commit_units(self._cells, where=self._where)
+            if len(cells) == 1:  # one registry, the usual case: no walk of the cells
+                session = cells[0].session
+                if session is not None:
+                    end_sessions((session,), commit=True, close=False, where=self._where)
+            else:
+                commit_units(cells, where=self._where)
         status = self.status
         if self.sent or status is None:
             return
