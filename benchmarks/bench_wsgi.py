@@ -17,6 +17,10 @@ list body, or a streamed one (an iterator), and is called with ``commit=False`` 
   calls the server's ``start_response``, so that the status is only sent once the
   commit went through (what ours promises).
 
+The trivial session says it is in no transaction (``in_transaction()``), as a
+SQLAlchemy session that did nothing since its commit: at ``close()`` ours commits
+only a session that began one again.
+
 The app is called directly with a copy of a prepared environ, its body consumed and
 closed as a server would. Each variant's cost is its time per request above the
 floor's. Bar: ours at most ``BAR`` of the anchor's, for both bodies, with and
@@ -54,6 +58,10 @@ class TrivialSession:
 
     def commit(self) -> None:
         pass
+
+    def in_transaction(self) -> bool:
+        # As a SQLAlchemy session that did nothing since its last commit.
+        return False
 
     def close(self) -> None:
         pass

@@ -99,9 +99,18 @@ def end_sessions(
     error: BaseException | None = None,
     where: object = "a unit of work",
     close: bool = True,
+    if_begun: bool = False,
 ) -> int:
     """Commit (when asked), close and report ``sessions`` by the policy; returns
-    how many were committed."""
+    how many were committed.
+
+    :param if_begun: commit only a session that may hold work, after an earlier
+        commit: one that began a transaction since, or cannot say. A SQLAlchemy
+        session that did not (``in_transaction()`` is false) holds none: any
+        change begins one (an ``add()``, a ``delete()``, a changed attribute, a
+        query). Committing it anyway would begin and commit an empty transaction
+        (about 14 us on SQLite) and run its commit events again.
+    """
     # Every request and job ends here: the Ending is made only once something
     # fails, so that the usual end allocates nothing.
     committing = commit and error is None
@@ -110,13 +119,19 @@ def end_sessions(
     for session in sessions:
         if committing:
             try:
-                session.commit()
+                begun = True
+                if if_begun:
+                    try:
+                        begun = session.in_transaction()
+                    except AttributeError:  # not SQLAlchemy's: it may hold work
+                        begun = True
+                if begun:
+                    session.commit()
+                    committed += 1
             except BaseException as exc:
                 ending = ending or Ending(error, where)
                 ending.failed("commit", exc)
                 committing = False
-            else:
-                committed += 1
         if close:
             try:
                 session.close()
@@ -177,7 +192,7 @@ async def end_sessions_async(
 
 def _held(cells: t.Iterable[Cell]) -> list[t.Any]:
     """The sessions the cells hold. A loop, not a comprehension (a call more on
-    3.11): a WSGI response with commit=True comes here on every request."""
+    3.11): a worker's job with commit=True comes here."""
     sessions = []
     for cell in cells:
         session = cell.session
@@ -194,6 +209,7 @@ def end_units(
     where: object,
     reaped: bool = False,
     keep_open: bool = False,
+    if_begun: bool = False,
 ) -> int:
     """End units of work (one cell each, from ``open_unit()``) by the policy: commit
     their sessions in order (when ``commit`` and no ``error``), close all, raise the
@@ -204,6 +220,8 @@ def end_units(
     :param reaped: a backstop ends them (counted as reaped).
     :param keep_open: end only the units' sessions; the units stay open (a worker
         thread's units between jobs).
+    :param if_begun: commit only the sessions that may hold work (see
+        :func:`end_sessions`).
     """
     sessions = []
     for cell in cells:
@@ -212,7 +230,7 @@ def end_units(
             sessions.append(session)
     if not sessions:
         return 0
-    return end_sessions(sessions, commit=commit, error=error, where=where)
+    return end_sessions(sessions, commit=commit, error=error, where=where, if_begun=if_begun)
 
 
 def end_scope_cell(

@@ -26,7 +26,8 @@ With ``commit=True`` the app's ``start_response`` is held until its first body c
 the session is committed before the status reaches the server: a failed commit
 propagates (the server answers 500) and a 2xx status means the view's writes are
 committed. Writes made while a streamed body runs are committed at ``close()`` when the
-body ran to its end.
+body ran to its end (a SQLAlchemy session that began no transaction since is only
+closed).
 """
 
 from __future__ import annotations
@@ -295,7 +296,9 @@ class Response:
             except BaseException as exc:
                 roll_back(units, self._where, exc)
                 raise
-        end_units(units, commit=self._commits, where=self._where)
+        # What the stream wrote is committed when it ran to its end (and its
+        # view's writes were committed), and only where it wrote something.
+        end_units(units, commit=self._commits, where=self._where, if_begun=True)
 
     def __del__(self) -> None:
         # Nothing else refers to a dying response: no claim needed.

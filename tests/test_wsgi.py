@@ -818,6 +818,50 @@ def test_writes_made_while_a_body_streams_are_committed_at_close(db: Database) -
     assert_no_leaks(db)
 
 
+def test_a_stream_that_writes_nothing_is_committed_once(db: Database) -> None:
+    # At close() only a session that began a transaction again is committed:
+    # an idle one would begin and commit an empty one, and run its commit
+    # events a second time.
+    class CountingSession(SASession):
+        pass
+
+    commits: list[object] = []
+    sa.event.listen(CountingSession, "after_commit", commits.append)
+    Session = ScopedSession(sessionmaker(db.engine, class_=CountingSession))
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterator[bytes]:
+        Session.add(Note(text="view"))
+        ok(start_response)
+        return iter([b"a", b"b"])
+
+    assert Server().run(ScopedSessionMiddleware(app, Session, commit=True)) == b"ab"
+    assert len(commits) == 1
+    assert notes(db.engine) == ["view"]
+    assert_no_leaks(db)
+
+
+def test_a_change_to_a_loaded_object_while_streaming_is_committed(db: Database) -> None:
+    # With expire_on_commit=False the stream changes an object without a query:
+    # SQLAlchemy begins a transaction on the change, so close() commits it.
+    Session = ScopedSession(sessionmaker(db.engine, expire_on_commit=False))
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterator[bytes]:
+        note = Note(text="view")
+        Session.add(note)
+        ok(start_response)
+
+        def body() -> t.Iterator[bytes]:
+            yield b"a"  # commits the view's note
+            note.text = "edited"
+            yield b"b"
+
+        return body()
+
+    assert Server().run(ScopedSessionMiddleware(app, Session, commit=True)) == b"ab"
+    assert notes(db.engine) == ["edited"]
+    assert_no_leaks(db)
+
+
 def test_a_disconnect_mid_stream_rolls_back_what_the_stream_wrote(db: Database) -> None:
     Session = ScopedSession(sessionmaker(db.engine))
 
