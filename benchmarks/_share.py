@@ -352,10 +352,13 @@ class Row(t.NamedTuple):
     counts: tuple[Counts, Counts, Counts | None] | None = None
     #: what the counts are per.
     per: str = "request"
+    #: False for a row printed for information, whose noise can exceed what it
+    #: compares: its verdict is "info", and it never fails.
+    judged: bool = True
 
     @property
     def passed(self) -> bool:
-        return self.result.ratio <= self.bar
+        return not self.judged or self.result.ratio <= self.bar
 
 
 def _time(seconds: float, unit: str, sign: bool) -> str:
@@ -387,7 +390,7 @@ def print_rows(title: str, rows: t.Sequence[Row], unit: str = "ns", width: int =
         print(
             f"{row.name:{width}} {_time(r.ours, unit, sign):>10} {_time(r.anchor, unit, sign):>10}"
             f" {ratio} {_noise(r.noise):>7} {row.bar:5.2f}x"
-            f"  {'PASS' if row.passed else 'FAIL'}"
+            f"  {('PASS' if row.passed else 'FAIL') if row.judged else 'info'}"
         )
         if not math.isfinite(r.ratio):
             print(f"{'':4}the anchor cost nothing above the floor here: noise swamps this row")
