@@ -205,7 +205,7 @@ def _held(cells: t.Iterable[Cell]) -> list[t.Any]:
 
 
 def end_units(
-    cells: t.Iterable[Cell],
+    cells: t.Sequence[Cell],
     commit: bool,
     where: object,
     error: BaseException | None = None,
@@ -225,14 +225,21 @@ def end_units(
     :param if_begun: commit only the sessions that may hold work (see
         :func:`end_sessions`).
     """
-    sessions = []
-    for cell in cells:
+    if len(cells) == 1:  # one registry, the usual case: no list to gather
+        [cell] = cells
         session = cell.take_to_close() if keep_open else cell.detach(reaped)
-        if session is not None:
-            sessions.append(session)
-    if not sessions:
-        return 0
-    return end_sessions(sessions, commit=commit, error=error, where=where, if_begun=if_begun)
+        if session is None:
+            return 0
+        found: t.Sequence[t.Any] = (session,)
+    else:
+        found = []
+        for cell in cells:
+            session = cell.take_to_close() if keep_open else cell.detach(reaped)
+            if session is not None:
+                found.append(session)
+        if not found:
+            return 0
+    return end_sessions(found, commit=commit, error=error, where=where, if_begun=if_begun)
 
 
 def end_scope_cell(
