@@ -125,7 +125,8 @@ class ScopedSessionMiddleware:
     ) -> t.Iterable[bytes]:
         # One label names the request everywhere: in its units (a reap warning)
         # and when they end (a failure's log); it is formatted only then.
-        where = Request((environ, "the request "))
+        where = _new(Request)  # no __init__: every request makes one
+        where.environ = environ
         single = self._single
         units = (
             (open_unit(single, where, True),)
@@ -200,17 +201,23 @@ def _start(sessions: tuple[ScopedSession[t.Any], ...], where: Request) -> Units:
     return tuple(started)
 
 
-class Request(tuple["WSGIEnvironment", str]):
-    """Names a request in messages ("GET /notes"; with a prefix, "the request GET
-    /notes"), formatted only when one is written: ``Request((environ, prefix))``.
-    A tuple, made without a call of Python code: every request makes one."""
+class Request:
+    """Names a request in messages ("the request GET /notes"), formatted only
+    when one is written. The middleware makes it without a call of Python code
+    and sets ``environ``: every request makes one."""
 
-    __slots__ = ()
+    __slots__ = ("environ",)
+
+    environ: WSGIEnvironment
 
     def __str__(self) -> str:
-        environ, prefix = self
+        return f"the request {self.line()}"
+
+    def line(self) -> str:
+        """The method and path: "GET /notes"."""
+        environ = self.environ
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        return f"{prefix}{environ.get('REQUEST_METHOD', '?')} {path}"
+        return f"{environ.get('REQUEST_METHOD', '?')} {path}"
 
 
 def roll_back(units: Units, where: Request, error: BaseException) -> None:
@@ -309,7 +316,7 @@ class Response:
         try:
             if any(not cell.ended for cell in units):
                 message = (
-                    f"The response to {Request((self._where[0], ''))} was garbage collected"
+                    f"The response to {self._where.line()} was garbage collected"
                     " without close(); its database sessions were closed now (rolled"
                     " back). A WSGI server must call close() on the response iterable"
                     " (PEP 3333): use a server that does, or call close() on the"
@@ -423,7 +430,7 @@ class CommittingResponse(Response):
                 except ValueError:
                     ok = False
                 if ok and self._veto is not None:
-                    ok = bool(self._veto(self._where[0], status, self.headers))
+                    ok = bool(self._veto(self._where.environ, status, self.headers))
             self.decision = ok
         cells = self._cells
         if end:
